@@ -1,0 +1,236 @@
+//! Assembly: builds the gate from a validated config, and serves both listeners.
+//!
+//! `App::build` + `App::serve(listeners, shutdown)` is the seam tests use: they bind
+//! `127.0.0.1:0`, start the real server in-process, and drive it over sockets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audit::{AuditLog, Durability, Event, WriterOptions};
+use crate::clock::Clock;
+use crate::config::{Config, Secrets, StoreBackend};
+use crate::control::Control;
+use crate::gate::{token_digest, Gate, Live, Settings};
+use crate::metrics::Metrics;
+use crate::notify::{LogNotifier, Notifiers};
+use crate::policy::{PolicyBundle, PolicyError};
+use crate::store::memory::MemoryStore;
+use crate::store::ApprovalStore;
+use crate::upstream::{Upstream, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{file}: policy.rules: {source}")]
+    Policy { file: String, source: PolicyError },
+    #[error("{file}: {source}")]
+    Upstream { file: String, source: UpstreamError },
+    #[error("{file}: {key}: {message}")]
+    Config { file: String, key: String, message: String },
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the serving rule bundle for `cfg`.
+pub fn load_policy(cfg: &Config) -> Result<PolicyBundle, AppError> {
+    if !cfg.policy.rules.exists() {
+        std::fs::create_dir_all(&cfg.policy.rules).map_err(|e| AppError::Config {
+            file: cfg.file.display().to_string(),
+            key: "policy.rules".into(),
+            message: format!("cannot create {}: {e}", cfg.policy.rules.display()),
+        })?;
+    }
+    PolicyBundle::load(&cfg.policy.rules, cfg.policy.data.as_deref(), cfg.policy.default, cfg.policy.mode, cfg.route_names())
+        .map_err(|source| AppError::Policy { file: cfg.file.display().to_string(), source })
+}
+
+/// Builds the reloadable part of the configuration.
+pub fn build_live(cfg: &Config, secrets: &Secrets, policy: Arc<PolicyBundle>) -> Result<Live, AppError> {
+    let mut upstreams = HashMap::new();
+    for u in &cfg.upstreams {
+        let inject = u.inject_value.as_ref().and_then(|r| secrets.get(r));
+        let up = Upstream::build(u, inject)
+            .map_err(|source| AppError::Upstream { file: cfg.file.display().to_string(), source })?;
+        upstreams.insert(u.name.clone(), Arc::new(up));
+    }
+    let mut agent_tokens = HashMap::new();
+    for a in &cfg.agents {
+        if let Some(t) = secrets.get(&a.token) {
+            agent_tokens.insert(token_digest(t.expose()), a.id.clone());
+        }
+    }
+    let mut approver_tokens = HashMap::new();
+    for p in &cfg.approvers {
+        if let Some(t) = p.token.as_ref().and_then(|r| secrets.get(r)) {
+            approver_tokens.insert(token_digest(t.expose()), p.id.clone());
+        }
+    }
+    let approvers: BTreeMap<_, _> = cfg.approvers.iter().map(|a| (a.id.clone(), a.clone())).collect();
+    Ok(Live { policy, routes: cfg.routes.clone(), approvers, approver_tokens, agent_tokens, upstreams })
+}
+
+pub struct App {
+    pub gate: Arc<Gate>,
+    pub control: Arc<Control>,
+    pub config: Config,
+}
+
+impl App {
+    /// Builds everything; starts the audit chain. `replica` names this process in
+    /// the chain's genesis record.
+    pub async fn build(config: Config, secrets: Secrets, clock: Arc<dyn Clock>, replica: &str) -> Result<App, AppError> {
+        config.check_files().map_err(|e| AppError::Config {
+            file: e.file.display().to_string(),
+            key: e.key,
+            message: e.message,
+        })?;
+        let policy = Arc::new(load_policy(&config)?);
+        let live = build_live(&config, &secrets, policy.clone())?;
+        let store: Arc<dyn ApprovalStore> = match config.store.backend {
+            StoreBackend::Memory => Arc::new(MemoryStore::new()),
+            StoreBackend::Redis => {
+                return Err(AppError::Config {
+                    file: config.file.display().to_string(),
+                    key: "store.backend".into(),
+                    message: "the redis backend is not part of this build; use \"memory\"".into(),
+                })
+            }
+        };
+        let audit = AuditLog::start(
+            WriterOptions {
+                dir: config.audit.path.clone(),
+                replica: replica.to_string(),
+                rotate_bytes: config.audit.rotate_bytes,
+                rotate_after: config.audit.rotate_after,
+            },
+            clock.clone(),
+            policy.hash(),
+        )?;
+        audit
+            .append(
+                Event::PolicyLoaded {
+                    policy_bundle: policy.hash().to_string(),
+                    files: policy.files().iter().map(|f| f.display().to_string()).collect(),
+                    trigger: "start".into(),
+                },
+                Durability::Synced,
+            )
+            .await?;
+        let metrics = Arc::new(Metrics::new());
+        let notifiers = Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() })]);
+        let s = &config.server;
+        let settings = Settings {
+            hold_timeout: s.hold_timeout,
+            grant_ttl: s.grant_ttl,
+            reject_memory: s.reject_memory,
+            default_expires_after: s.default_expires_after,
+            decided_retention: s.decided_retention,
+            fail_mode: config.audit.fail_mode,
+            max_body_bytes: s.max_body_bytes,
+        };
+        let gate = Gate::new(live, store, audit, clock, metrics, notifiers, settings);
+        let metrics_token = config.server.metrics_token.as_ref().and_then(|r| secrets.get(r)).cloned();
+        let control = Arc::new(Control { gate: gate.clone(), metrics_token });
+        Ok(App { gate, control, config })
+    }
+
+    /// Serves until `shutdown` resolves, then drains within `server.shutdown_grace`.
+    pub async fn serve(
+        self,
+        agent: TcpListener,
+        control: TcpListener,
+        shutdown: impl Future<Output = String>,
+    ) -> Result<(), AppError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(self.config.server.header_read_timeout)
+            .max_buf_size(64 * 1024)
+            .keep_alive(true);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let gate = self.gate.clone();
+        let agent_task = {
+            let gate = gate.clone();
+            tokio::spawn(accept_loop(agent, h1.clone(), graceful.clone(), stop_rx.clone(), move |req| {
+                let gate = gate.clone();
+                async move { Ok::<_, Infallible>(crate::proxy::handle(gate, req).await) }
+            }))
+        };
+        let control_task = {
+            let ctl = self.control.clone();
+            tokio::spawn(accept_loop(control, h1, graceful.clone(), stop_rx, move |req| {
+                let ctl = ctl.clone();
+                async move { Ok::<_, Infallible>(ctl.handle(req).await) }
+            }))
+        };
+        tracing::info!("serving");
+        let reason = shutdown.await;
+        tracing::info!(reason = %reason, "shutting down");
+        // Held requests are answered at once; the memory store's pending approvals
+        // are interrupted and recorded.
+        let interrupted = gate.begin_shutdown().await;
+        let _ = stop_tx.send(true);
+        let _ = agent_task.await;
+        let _ = control_task.await;
+        let grace = self.config.server.shutdown_grace;
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => {
+                if tokio::time::timeout(grace, g.shutdown()).await.is_err() {
+                    tracing::warn!(grace = ?grace, "connections still open after the grace period; closing");
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+        if let Err(e) = gate.audit.append(Event::Shutdown { reason, interrupted }, Durability::Synced).await {
+            tracing::error!(error = %e, "shutdown record not written");
+        }
+        gate.audit.close().await;
+        Ok(())
+    }
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    builder: http1::Builder,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<crate::respond::Body>, Infallible>> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let handler = handler.clone();
+                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req)));
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The command line (INTERFACE.md §1). The only place that reads the process
+//! environment, installs signal handlers and turns errors into exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{App, AppError};
+use crate::clock::SystemClock;
+use crate::config::{Config, ProcessEnv, EXIT_BAD_CONFIG};
+
+#[derive(Debug, Parser)]
+#[command(name = "approvalplane", version, about = "Human-in-the-loop control plane for AI agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (both listeners).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Rule commands.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Audit log commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate config and rules without serving.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Run every test_* rule.
+    Test {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show why a request gets its decision.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        request: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify a chain file or a directory of chains.
+    Verify {
+        path: PathBuf,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APPROVALPLANE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+/// Loads config or exits 64 naming the key and the file.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, log_format } => serve(&config, log_format),
+        Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
+        Command::Rules { command: RulesCommand::Test { dir, config } } => rules_test(dir, config),
+        Command::Rules { command: RulesCommand::Explain { config, request } } => {
+            crate::explain::run(&config, &request)
+        }
+        Command::Audit { command: AuditCommand::Verify { path, key, checkpoints } } => {
+            audit_verify(&path, key.as_deref(), checkpoints.as_deref())
+        }
+    }
+}
+
+fn config_check(path: &Path) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = cfg.check_files() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    match cfg.resolve_secrets(&ProcessEnv) {
+        Ok((_, missing)) => {
+            for m in missing {
+                eprintln!("warning: {m} (serve needs it)");
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    }
+    match crate::app::load_policy(&cfg) {
+        Ok(p) => {
+            println!("config ok: {} ({} rule files, bundle {})", cfg.file.display(), p.files().len(), p.hash());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn rules_test(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    let cfg = match &config {
+        Some(p) => match load_config(p) {
+            Ok(c) => Some(c),
+            Err(_) => return ExitCode::from(2),
+        },
+        None => None,
+    };
+    let dir = dir
+        .or_else(|| cfg.as_ref().map(|c| c.policy.rules.clone()))
+        .unwrap_or_else(|| PathBuf::from("rules"));
+    let data = cfg.as_ref().and_then(|c| c.policy.data.clone()).or_else(|| {
+        let d = dir.join("data.json");
+        d.is_file().then_some(d)
+    });
+    match crate::policy::testing::run(&dir, data.as_deref()) {
+        Ok(results) => {
+            let (mut passed, mut failed) = (0, 0);
+            for r in &results {
+                if r.passed {
+                    passed += 1;
+                    println!("PASS {} ({:.1?})", r.name, r.elapsed);
+                } else {
+                    failed += 1;
+                    println!("FAIL {}: {}", r.name, r.detail.as_deref().unwrap_or("failed"));
+                }
+            }
+            println!("{passed} passed, {failed} failed");
+            if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            println!("0 passed, 0 failed");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn audit_verify(path: &Path, key: Option<&Path>, checkpoints: Option<&Path>) -> ExitCode {
+    let _ = (key, checkpoints);
+    match crate::audit::verify::verify_path(path) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            for f in &report.findings {
+                println!("TAMPERED {f}");
+            }
+            for c in &report.chains {
+                println!(
+                    "chain {}: {} records in {} files{}",
+                    c.chain,
+                    c.records,
+                    c.files,
+                    c.last_seq.map(|s| format!(", through seq {s}")).unwrap_or_default()
+                );
+            }
+            if report.intact() {
+                println!("verified {} records", report.records);
+                ExitCode::SUCCESS
+            } else {
+                println!("FAILED: {} finding(s)", report.findings.len());
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
+    init_logs(log_format);
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let secrets = match cfg.resolve_secrets(&ProcessEnv) {
+        Ok((s, missing)) => {
+            let required: Vec<_> = missing.iter().filter(|m| m.required).collect();
+            if !required.is_empty() {
+                for m in required {
+                    eprintln!("error: {}: {m}", cfg.file.display());
+                }
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            s
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if cfg.server.worker_threads > 0 {
+        rt.worker_threads(cfg.server.worker_threads);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res: anyhow::Result<ExitCode> = rt.block_on(async move {
+        let replica = format!("{}:{}", hostname(), std::process::id());
+        let app = match App::build(cfg.clone(), secrets, Arc::new(SystemClock), &replica).await {
+            Ok(a) => a,
+            Err(e @ (AppError::Policy { .. } | AppError::Config { .. } | AppError::Upstream { .. })) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+            Err(e) => return Err(e).context("starting"),
+        };
+        let agent = tokio::net::TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
+        let control = tokio::net::TcpListener::bind(cfg.server.control_listen)
+            .await
+            .with_context(|| format!("binding server.control_listen {}", cfg.server.control_listen))?;
+        tracing::info!(listen = %cfg.server.listen, control_listen = %cfg.server.control_listen, "listening");
+        app.serve(agent, control, shutdown_signal()).await.context("serving")?;
+        Ok(ExitCode::SUCCESS)
+    });
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+async fn shutdown_signal() -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT".into();
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM".into(),
+        _ = tokio::signal::ctrl_c() => "SIGINT".into(),
+    }
+}

@@ -1,0 +1,277 @@
+//! The control listener: people and ops. `/v1/admin/*`, `/healthz`, `/readyz`,
+//! `/metrics` (and, as they land, `/slack/*` and `/ui`).
+//!
+//! Agents never reach this listener's decision endpoints: an agent token gets 403,
+//! and config check refuses an upstream that points here.
+
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::approval::{Approval, Channel, Status, Verdict};
+use crate::config::Secret;
+use crate::gate::{token_digest, DecideError, Gate};
+use crate::policy::json::parse_strict;
+use crate::respond::{self, Body};
+use crate::store::ListQuery;
+
+const MAX_ADMIN_BODY: usize = 256 * 1024;
+const MAX_BULK: usize = 1000;
+
+/// State the control listener needs beyond the gate.
+pub struct Control {
+    pub gate: Arc<Gate>,
+    pub metrics_token: Option<Secret>,
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response<Body> {
+    respond::json(status, &json!({"error": {"type": kind, "message": message.into()}}))
+}
+
+fn bearer(req_headers: &http::HeaderMap) -> Option<&str> {
+    let v = req_headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then(|| rest.trim())
+}
+
+/// Who is calling the admin API: an approver id, or the response to send.
+fn approver(gate: &Gate, headers: &http::HeaderMap) -> Result<String, Response<Body>> {
+    let live = gate.live();
+    let Some(token) = bearer(headers) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "send an approver token as \"Authorization: Bearer <token>\""));
+    };
+    let d = token_digest(token);
+    if let Some(id) = live.approver_tokens.get(&d) {
+        return Ok(id.clone());
+    }
+    if live.agent_tokens.contains_key(&d) {
+        return Err(error(StatusCode::FORBIDDEN, "forbidden", "agent tokens cannot use the admin API"));
+    }
+    Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+}
+
+async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
+    let bytes = Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "malformed_request", "body too large or unreadable"))?
+        .to_bytes();
+    parse_strict(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, "malformed_request", format!("body is not valid JSON: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: String,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    ids: Vec<String>,
+    decision: String,
+    reason: Option<String>,
+}
+
+fn verdict(s: &str) -> Result<Verdict, Response<Body>> {
+    match s {
+        "approve" => Ok(Verdict::Approve),
+        "reject" => Ok(Verdict::Reject),
+        o => Err(error(StatusCode::BAD_REQUEST, "malformed_request", format!("decision {o:?} is not \"approve\" or \"reject\""))),
+    }
+}
+
+/// The response for one decision's outcome.
+pub fn decision_response(r: Result<Approval, DecideError>) -> Response<Body> {
+    match r {
+        Ok(a) => respond::json(StatusCode::OK, &a.to_json()),
+        Err(DecideError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, "malformed_request", m),
+        Err(DecideError::NotFound(id)) => error(StatusCode::NOT_FOUND, "not_found", format!("approval {id} not found")),
+        Err(e @ DecideError::Forbidden { .. }) => error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        Err(DecideError::AlreadyDecided(a)) => respond::json(
+            StatusCode::CONFLICT,
+            &json!({"error": {"type": "already_decided", "message": format!("approval {} is already {}", a.id, a.status), "approval": a.to_json()}}),
+        ),
+        Err(DecideError::Store(e)) => {
+            tracing::error!(error = %e, "store unavailable during a decision");
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the approval store is unavailable; retry");
+            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+    }
+}
+
+impl Control {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
+            (Method::GET, "/readyz") => self.readyz().await,
+            (Method::GET, "/metrics") => self.metrics(&req).await,
+            (_, p) if p.starts_with("/v1/admin/") => self.admin(req).await,
+            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}")),
+        }
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        let g = &self.gate;
+        let store = g.store.ping().await;
+        let audit_ok = g.audit.health().is_ok();
+        let shutting = g.is_shutting_down();
+        let ready = store.is_ok() && audit_ok && !shutting;
+        let body = json!({
+            "ready": ready,
+            "store": match &store { Ok(()) => json!("ok"), Err(e) => json!(e.to_string()) },
+            "audit": if audit_ok { json!("ok") } else { json!(g.audit.health().last_error().unwrap_or_else(|| "failing".into())) },
+            "shutting_down": shutting,
+            "policy_bundle": g.live().policy.hash(),
+        });
+        respond::json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+    }
+
+    async fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
+        if let Some(t) = &self.metrics_token {
+            let ok = bearer(req.headers()).is_some_and(|b| bool::from(b.as_bytes().ct_eq(t.expose().as_bytes())));
+            if !ok {
+                return error(StatusCode::UNAUTHORIZED, "unauthorized", "metrics need the metrics token");
+            }
+        }
+        let g = &self.gate;
+        let m = &g.metrics;
+        if let Ok(counts) = g.store.pending_counts().await {
+            for route in g.live().routes.keys() {
+                m.pending.get_or_create(&vec![("route", route.clone())]).set(*counts.get(route).unwrap_or(&0) as i64);
+            }
+        }
+        let h = g.audit.health();
+        m.audit_records.set(h.records.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        m.audit_healthy.set(i64::from(h.is_ok()));
+        let mut r = respond::text(StatusCode::OK, m.render());
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        r
+    }
+
+    async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
+        let who = match approver(&self.gate, req.headers()) {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().trim_end_matches('/');
+        let segs: Vec<&str> = path.trim_start_matches("/v1/admin/").split('/').collect();
+        match (&parts.method, segs.as_slice()) {
+            (&Method::GET, ["approvals"]) => self.list(&who, parts.uri.query()).await,
+            (&Method::GET, ["approvals", id]) => {
+                match self.gate.store.get(id).await {
+                    Ok(Some(a)) if self.gate.visible_to(&who, &a) => respond::json(StatusCode::OK, &a.to_json()),
+                    Ok(Some(_)) => error(StatusCode::FORBIDDEN, "forbidden", format!("{who} is not an approver for this approval's routes")),
+                    Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("approval {id} not found")),
+                    Err(e) => decision_response(Err(DecideError::Store(e))),
+                }
+            }
+            (&Method::POST, ["approvals", "decision"]) => {
+                let v = match read_json(body).await {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                let b: BulkBody = match serde_json::from_value(v) {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()),
+                };
+                if b.ids.is_empty() || b.ids.len() > MAX_BULK {
+                    return error(StatusCode::BAD_REQUEST, "malformed_request", format!("ids must hold 1 to {MAX_BULK} ids"));
+                }
+                let v = match verdict(&b.decision) {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                let mut results = Vec::with_capacity(b.ids.len());
+                for id in &b.ids {
+                    let r = self.gate.decide(&who, id, v, b.reason.clone(), Channel::AdminApi).await;
+                    let status = decision_response(r.clone()).status().as_u16();
+                    results.push(match r {
+                        Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
+                        Err(DecideError::AlreadyDecided(a)) => {
+                            json!({"id": id, "status": status, "error": "already_decided", "approval": a.to_json()})
+                        }
+                        Err(e) => json!({"id": id, "status": status, "error": e.to_string()}),
+                    });
+                }
+                respond::json(StatusCode::OK, &json!({"results": results}))
+            }
+            (&Method::POST, ["approvals", id, "decision"]) => {
+                let v = match read_json(body).await {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                let b: DecisionBody = match serde_json::from_value(v) {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()),
+                };
+                let v = match verdict(&b.decision) {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                decision_response(self.gate.decide(&who, id, v, b.reason, Channel::AdminApi).await)
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {} {}", parts.method, parts.uri.path())),
+        }
+    }
+
+    async fn list(&self, who: &str, query: Option<&str>) -> Response<Body> {
+        let mut q = ListQuery { status: None, after: None, limit: 1000 };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "status" => match Status::parse(v) {
+                    Some(s) => q.status = Some(s),
+                    None => return error(StatusCode::BAD_REQUEST, "malformed_request", format!("unknown status {v:?}")),
+                },
+                "after" => q.after = Some(v.to_string()),
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => q.limit = n,
+                    _ => return error(StatusCode::BAD_REQUEST, "malformed_request", "limit must be 1 to 1000"),
+                },
+                _ => return error(StatusCode::BAD_REQUEST, "malformed_request", format!("unknown parameter {k:?}")),
+            }
+        }
+        let want = q.limit;
+        let mut out = Vec::new();
+        let mut next = None;
+        loop {
+            let page = match self.gate.store.list(&q).await {
+                Ok(p) => p,
+                Err(e) => return decision_response(Err(DecideError::Store(e))),
+            };
+            for a in page.approvals {
+                if out.len() > want {
+                    break;
+                }
+                if self.gate.visible_to(who, &a) {
+                    out.push(a);
+                }
+            }
+            if out.len() > want {
+                out.truncate(want);
+                next = out.last().map(crate::store::cursor);
+                break;
+            }
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        let approvals: Vec<Value> = out.iter().map(Approval::to_json).collect();
+        respond::json(StatusCode::OK, &json!({"approvals": approvals, "next": next}))
+    }
+}

@@ -1,0 +1,39 @@
+//! ApprovalPlane: a policy-gated reverse proxy that holds risky agent actions for a
+//! person to approve, and records every decision in a hash-chained audit log.
+//!
+//! # Layout, in reading order
+//! - [`cli`]: the command line; the only place that reads the environment.
+//! - [`config`]: the TOML file, strictly parsed and validated.
+//! - [`app`]: assembly, and serving both listeners.
+//! - [`proxy`]: the agent-facing listener (proxy routes); [`api`]: `request_approval`.
+//! - [`control`]: the control listener (admin API, health, metrics).
+//! - [`gate`]: classify → decide → hold → forward or refuse → record.
+//! - [`policy`]: Rego rules (regorus), the input document, the combiner.
+//! - [`store`]: approvals and grants (memory; Redis for replicas).
+//! - [`upstream`]: the forwarder, the only code that talks to upstreams.
+//! - [`audit`]: the hash-chained log, its writer and its verifier.
+//! - [`notify`]: who hears about approvals.
+//! - Small pieces: [`approval`], [`fingerprint`], [`refusal`], [`respond`],
+//!   [`redact`], [`metrics`], [`clock`], [`explain`].
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod approval;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod explain;
+pub mod fingerprint;
+pub mod gate;
+pub mod metrics;
+pub mod notify;
+pub mod policy;
+pub mod proxy;
+pub mod redact;
+pub mod refusal;
+pub mod respond;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,295 @@
+//! Policy: Rego rules compiled once into a bundle, evaluated per request.
+//!
+//! Owns loading (`.rego` files and the data file), the bundle hash, evaluation with
+//! regorus (strict builtin errors on, so a broken rule denies instead of silently not
+//! matching) and the policy input document. Combining the three rule sets into a
+//! decision is the pure [`combine`] module; running `test_*` rules is [`testing`].
+//!
+//! It does not know about HTTP, the store or the audit log.
+
+pub mod combine;
+pub mod input;
+pub mod json;
+pub mod qs;
+pub mod testing;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use regorus::Engine;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use combine::{combine, ApprovalPlan, Decision, RuleSets, Verdict};
+
+use crate::config::{DefaultDecision, PolicyMode};
+
+/// Why rules could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Compile(String),
+    #[error("data file {path}: {message}")]
+    Data { path: PathBuf, message: String },
+    #[error("rule file {path} declares package {package:?}; rule files declare `package approvalplane`, tests `package approvalplane_test`")]
+    Package { path: PathBuf, package: String },
+}
+
+/// The package rule files declare.
+pub const PACKAGE: &str = "approvalplane";
+/// The package test files declare.
+pub const TEST_PACKAGE: &str = "approvalplane_test";
+
+/// The synthetic entry point: all three sets in one evaluation.
+const ENTRY_MODULE: &str = r#"package approvalplane_entry
+
+result := {
+    "deny": [x | some x in data.approvalplane.deny],
+    "approval": [x | some x in data.approvalplane.approval],
+    "allow": [x | some x in data.approvalplane.allow],
+}
+"#;
+const ENTRY_RULE: &str = "data.approvalplane_entry.result";
+
+/// What a bundle is built from.
+#[derive(Debug, Clone)]
+pub struct BundleSource {
+    pub rules_dir: PathBuf,
+    pub data_file: Option<PathBuf>,
+    /// Include `*_test.rego` files (for `rules test`).
+    pub with_tests: bool,
+}
+
+/// Lists `.rego` files under `dir`, sorted, optionally without `*_test.rego`.
+pub fn rego_files(dir: &Path, with_tests: bool) -> Result<Vec<PathBuf>, PolicyError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|source| PolicyError::Read { path: d.clone(), source })?;
+        for e in rd {
+            let e = e.map_err(|source| PolicyError::Read { path: d.clone(), source })?;
+            let p = e.path();
+            let ft = e.file_type().map_err(|source| PolicyError::Read { path: p.clone(), source })?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rego") {
+                let is_test = p.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with("_test"));
+                if with_tests || !is_test {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Compiled rules plus what is needed to evaluate and describe them.
+pub struct PolicyBundle {
+    hash: String,
+    files: Vec<PathBuf>,
+    template: Engine,
+    pool: Mutex<Vec<Engine>>,
+    default: DefaultDecision,
+    mode: PolicyMode,
+    routes: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for PolicyBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyBundle").field("hash", &self.hash).field("files", &self.files).finish()
+    }
+}
+
+/// Builds an engine with the files of `src` loaded, strict, with data.
+pub fn build_engine(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String), PolicyError> {
+    let files = rego_files(&src.rules_dir, src.with_tests)?;
+    let mut engine = Engine::new();
+    engine.set_strict_builtin_errors(true);
+    engine.set_rego_v0(false);
+    let mut hasher = Sha256::new();
+    hasher.update(b"approvalplane-policy-bundle-v1\n");
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|source| PolicyError::Read { path: f.clone(), source })?;
+        let rel = f.strip_prefix(&src.rules_dir).unwrap_or(f);
+        hasher.update(format!("file {} {}\n", rel.display(), text.len()).as_bytes());
+        hasher.update(text.as_bytes());
+        let package = engine
+            .add_policy(f.display().to_string(), text)
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let package = package.trim_start_matches("data.").to_string();
+        let is_test = f.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with("_test"));
+        let expected = if is_test { TEST_PACKAGE } else { PACKAGE };
+        if package != expected {
+            return Err(PolicyError::Package { path: f.clone(), package });
+        }
+    }
+    if let Some(d) = &src.data_file {
+        let text = std::fs::read_to_string(d).map_err(|source| PolicyError::Read { path: d.clone(), source })?;
+        hasher.update(format!("data {}\n", text.len()).as_bytes());
+        hasher.update(text.as_bytes());
+        let v = json::parse_strict(text.as_bytes())
+            .map_err(|e| PolicyError::Data { path: d.clone(), message: e.to_string() })?;
+        if !v.is_object() {
+            return Err(PolicyError::Data { path: d.clone(), message: "must hold a JSON object".into() });
+        }
+        if v.get(PACKAGE).is_some() || v.get(TEST_PACKAGE).is_some() {
+            return Err(PolicyError::Data {
+                path: d.clone(),
+                message: format!("top-level keys {PACKAGE:?} and {TEST_PACKAGE:?} are reserved for rules"),
+            });
+        }
+        engine
+            .add_data(regorus::Value::from(v))
+            .map_err(|e| PolicyError::Data { path: d.clone(), message: e.to_string() })?;
+    }
+    Ok((engine, files, format!("sha256:{}", hex::encode(hasher.finalize()))))
+}
+
+impl PolicyBundle {
+    /// Loads and compiles the serving rules (without tests).
+    pub fn load(
+        rules_dir: &Path,
+        data_file: Option<&Path>,
+        default: DefaultDecision,
+        mode: PolicyMode,
+        routes: BTreeSet<String>,
+    ) -> Result<PolicyBundle, PolicyError> {
+        let src = BundleSource {
+            rules_dir: rules_dir.to_path_buf(),
+            data_file: data_file.map(Path::to_path_buf),
+            with_tests: false,
+        };
+        let (mut engine, files, hash) = build_engine(&src)?;
+        engine
+            .add_policy("<approvalplane-entry>".to_string(), ENTRY_MODULE.to_string())
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        // Compile now so semantic errors (unknown functions, bad references) fail the
+        // load, not the first request.
+        engine
+            .compile_with_entrypoint(&ENTRY_RULE.into())
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        Ok(PolicyBundle { hash, files, template: engine, pool: Mutex::new(Vec::new()), default, mode, routes })
+    }
+
+    /// `sha256:<hex>` over every rule file and the data file.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    pub fn routes(&self) -> &BTreeSet<String> {
+        &self.routes
+    }
+
+    /// Evaluates the rules on `input` and returns the raw sets.
+    pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
+        let mut engine = self
+            .pool
+            .lock()
+            .map_err(|_| "policy engine pool poisoned".to_string())?
+            .pop()
+            .unwrap_or_else(|| self.template.clone());
+        engine.set_input(regorus::Value::from(input.clone()));
+        let out = engine.eval_rule(ENTRY_RULE.to_string());
+        if let Ok(mut pool) = self.pool.lock() {
+            if pool.len() < 64 {
+                pool.push(engine);
+            }
+        }
+        let out = out.map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&out).map_err(|e| e.to_string())?;
+        let take = |k: &str| -> Result<Vec<Value>, String> {
+            match v.get(k) {
+                Some(Value::Array(a)) => Ok(a.clone()),
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(o) => Err(format!("data.approvalplane.{k} is not a set: {o}")),
+            }
+        };
+        if !v.is_object() {
+            return Err(format!("rules did not evaluate to the three sets (got {v})"));
+        }
+        Ok(RuleSets { deny: take("deny")?, approval: take("approval")?, allow: take("allow")? })
+    }
+
+    /// Evaluates and combines. Never fails: any error is a deny verdict.
+    pub fn evaluate(&self, input: &Value) -> (Verdict, RuleSets) {
+        match self.eval_sets(input) {
+            Ok(sets) => (combine(&sets, self.default, self.mode, &self.routes), sets),
+            Err(e) => (Verdict::error(e), RuleSets::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bundle(rules: &[(&str, &str)]) -> Result<PolicyBundle, PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in rules {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let routes = ["finance-oncall".to_string()].into_iter().collect();
+        PolicyBundle::load(dir.path(), None, DefaultDecision::Deny, PolicyMode::Enforce, routes)
+    }
+
+    const REFUNDS: &str = r#"package approvalplane
+
+approval contains {"id": "stripe.refund.large", "reason": "over $500", "route": "finance-oncall", "risk": "high"} if {
+    input.request.method == "POST"
+    input.request.path == "/v1/refunds"
+    to_number(input.request.parsed_body.amount) > 50000
+}
+
+allow contains {"id": "get", "reason": "reads are fine"} if input.request.method == "GET"
+"#;
+
+    fn req(method: &str, amount: &str) -> Value {
+        json!({"kind": "http", "request": {"method": method, "path": "/v1/refunds", "parsed_body": {"amount": amount}}})
+    }
+
+    #[test]
+    fn evaluates_and_combines() {
+        let b = bundle(&[("stripe.rego", REFUNDS)]).unwrap();
+        assert!(b.hash().starts_with("sha256:"));
+        assert_eq!(b.evaluate(&req("POST", "240000")).0.decision, Decision::RequireApproval);
+        assert_eq!(b.evaluate(&req("GET", "1")).0.decision, Decision::Allow);
+        assert_eq!(b.evaluate(&req("POST", "100")).0.decision, Decision::Deny);
+    }
+
+    #[test]
+    fn runtime_errors_deny() {
+        let b = bundle(&[("stripe.rego", REFUNDS)]).unwrap();
+        // to_number("lots") is a builtin error under strict mode.
+        let (v, _) = b.evaluate(&req("POST", "lots"));
+        assert_eq!(v.decision, Decision::Deny);
+        assert!(v.error.is_some(), "{v:?}");
+    }
+
+    #[test]
+    fn invalid_rego_names_file_and_line() {
+        let e = bundle(&[("broken.rego", "package approvalplane\n\nallow contains x if {\n  input.a ==\n}\n")]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("broken.rego:"), "{s}");
+    }
+
+    #[test]
+    fn wrong_package_is_refused() {
+        let e = bundle(&[("x.rego", "package other\nallow contains 1 if true\n")]).unwrap_err();
+        assert!(matches!(e, PolicyError::Package { .. }), "{e}");
+    }
+
+    #[test]
+    fn no_rules_means_default() {
+        let b = bundle(&[]).unwrap();
+        assert_eq!(b.evaluate(&req("GET", "1")).0.decision, Decision::Deny);
+    }
+}

@@ -1,0 +1,281 @@
+//! The conformance suite every [`ApprovalStore`] passes. Each backend's tests call
+//! [`run_all`] with a factory that returns a fresh, empty store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::approval::{Approval, Channel, Entrance, Risk, Status, StoredRequest, Verdict};
+use crate::clock::Timestamp;
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+const TTL: Duration = Duration::from_secs(900);
+const REJECT: Duration = Duration::from_secs(600);
+const FWD: Reuse = Reuse::Forward { grant_ttl: TTL, reject_memory: REJECT };
+
+pub fn approval(quorum: u32) -> Approval {
+    Approval {
+        id: Approval::new_id(),
+        status: Status::Pending,
+        route: "finance-oncall".into(),
+        routes: vec!["finance-oncall".into()],
+        agent: "support-agent".into(),
+        action: "issue_refund".into(),
+        risk: Risk::High,
+        summary: serde_json::Map::new(),
+        justification: Some("duplicate charge".into()),
+        rule_ids: vec!["stripe.refund.large".into()],
+        body_sha256: "00".repeat(32),
+        created_at: T0,
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+        approvals: vec![],
+        quorum,
+        kind: Entrance::Http,
+        upstream: Some("stripe".into()),
+        target: Some("POST /stripe/v1/refunds".into()),
+        risk_reason: "over $500".into(),
+        policy_bundle: "sha256:00".into(),
+        expires_at: T0.plus(Duration::from_secs(3600)),
+        escalate_at: None,
+        escalated_to: vec![],
+        decided_via: None,
+    }
+}
+
+fn request() -> StoredRequest {
+    StoredRequest {
+        upstream: "stripe".into(),
+        method: "POST".into(),
+        path_and_query: "/v1/refunds".into(),
+        headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
+        body: Bytes::from_static(b"charge=ch_1&amount=240000"),
+    }
+}
+
+fn open_req(fp: &str, quorum: u32, now: Timestamp) -> OpenRequest {
+    OpenRequest { fingerprint: fp.into(), approval: approval(quorum), request: Some(request()), reuse: FWD, now }
+}
+
+fn vote(who: &str, v: Verdict, now: Timestamp) -> Vote {
+    Vote { approver: who.into(), verdict: v, reason: Some("ok".into()), channel: Channel::AdminApi, now }
+}
+
+async fn created<S: ApprovalStore>(s: &S, fp: &str, quorum: u32) -> Approval {
+    match s.open(open_req(fp, quorum, T0)).await.unwrap() {
+        Opened::Created(a) => a,
+        o => panic!("expected Created, got {o:?}"),
+    }
+}
+
+pub async fn run_all<S, F, Fut>(make: F)
+where
+    S: ApprovalStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    identical_requests_attach(make().await).await;
+    decide_happens_once(make().await).await;
+    quorum_counts_distinct_approvers(make().await).await;
+    grant_is_used_once(make().await).await;
+    rejection_is_remembered(make().await).await;
+    finish_and_escalate(make().await).await;
+    listing_pages_oldest_first(make().await).await;
+    ask_reuse_returns_decided(make().await).await;
+    concurrent_votes_have_one_winner(Arc::new(make().await)).await;
+    waiters_are_woken(Arc::new(make().await)).await;
+    shutdown_and_purge(make().await).await;
+}
+
+async fn identical_requests_attach<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp1", 1).await;
+    match s.open(open_req("fp1", 1, T0)).await.unwrap() {
+        Opened::Attached(b) => assert_eq!(b.id, a.id),
+        o => panic!("{o:?}"),
+    }
+    let other = created(&s, "fp2", 1).await;
+    assert_ne!(other.id, a.id);
+    assert_eq!(s.get(&a.id).await.unwrap().unwrap().status, Status::Pending);
+    assert!(s.get("apr_00000000000000000000").await.unwrap().is_none());
+}
+
+async fn decide_happens_once<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp", 1).await;
+    let first = s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap();
+    let DecideOutcome::Decided(d) = first else { panic!("{first:?}") };
+    assert_eq!((d.status, d.decided_by.as_deref()), (Status::Approved, Some("alice")));
+    assert_eq!(d.approvals, ["alice"]);
+    let again = s.decide(&a.id, vote("bob", Verdict::Reject, T0)).await.unwrap();
+    assert!(matches!(again, DecideOutcome::AlreadyFinal(ref x) if x.status == Status::Approved), "{again:?}");
+    assert_eq!(s.decide("apr_00000000000000000000", vote("a", Verdict::Approve, T0)).await.unwrap(), DecideOutcome::NotFound);
+}
+
+async fn quorum_counts_distinct_approvers<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp", 2).await;
+    assert!(matches!(s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap(), DecideOutcome::Counted(_)));
+    assert!(matches!(
+        s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap(),
+        DecideOutcome::AlreadyVoted(_)
+    ));
+    let d = s.decide(&a.id, vote("bob", Verdict::Approve, T0)).await.unwrap();
+    let DecideOutcome::Decided(d) = d else { panic!("{d:?}") };
+    assert_eq!(d.approvals, ["alice", "bob"]);
+    // One reject rejects, even after approvals.
+    let b = created(&s, "fp-b", 2).await;
+    s.decide(&b.id, vote("alice", Verdict::Approve, T0)).await.unwrap();
+    let r = s.decide(&b.id, vote("bob", Verdict::Reject, T0)).await.unwrap();
+    assert!(matches!(r, DecideOutcome::Decided(ref x) if x.status == Status::Rejected), "{r:?}");
+}
+
+async fn grant_is_used_once<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp", 1).await;
+    assert!(matches!(s.claim_grant(&a.id, TTL, T0).await.unwrap(), Claim::NotApproved(_)));
+    s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap();
+    // An identical request attaches to the approved, unused grant.
+    assert!(matches!(s.open(open_req("fp", 1, T0)).await.unwrap(), Opened::Attached(ref x) if x.id == a.id));
+    let Claim::Granted(_, req) = s.claim_grant(&a.id, TTL, T0).await.unwrap() else { panic!() };
+    assert_eq!(req, request());
+    assert!(matches!(s.claim_grant(&a.id, TTL, T0).await.unwrap(), Claim::Used(_)));
+    // A connect failure gives it back.
+    s.release_grant(&a.id).await.unwrap();
+    assert!(matches!(s.claim_grant(&a.id, TTL, T0).await.unwrap(), Claim::Granted(..)));
+    // Once used, an identical request starts a new approval.
+    assert!(matches!(s.open(open_req("fp", 1, T0)).await.unwrap(), Opened::Created(ref x) if x.id != a.id));
+    // A grant lapses after grant_ttl.
+    let b = created(&s, "fp-b", 1).await;
+    s.decide(&b.id, vote("alice", Verdict::Approve, T0)).await.unwrap();
+    assert!(matches!(s.claim_grant(&b.id, TTL, T0.plus(TTL)).await.unwrap(), Claim::Lapsed(_)));
+    assert!(matches!(s.open(open_req("fp-b", 1, T0.plus(TTL))).await.unwrap(), Opened::Created(_)));
+}
+
+async fn rejection_is_remembered<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp", 1).await;
+    s.decide(&a.id, vote("bob", Verdict::Reject, T0)).await.unwrap();
+    let later = T0.plus(REJECT - Duration::from_secs(1));
+    assert!(matches!(s.open(open_req("fp", 1, later)).await.unwrap(), Opened::RecentlyRejected(ref x) if x.id == a.id));
+    assert!(matches!(s.open(open_req("fp", 1, T0.plus(REJECT))).await.unwrap(), Opened::Created(_)));
+}
+
+async fn finish_and_escalate<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp", 1).await;
+    let esc = s.escalate(&a.id, &["finance-leads".into()], T0).await.unwrap().unwrap();
+    assert_eq!(esc.escalated_to, ["finance-leads"]);
+    assert!(s.escalate(&a.id, &["finance-leads".into()], T0).await.unwrap().is_none(), "escalates once");
+    let e = s.finish(&a.id, Finish::Expired, T0).await.unwrap().unwrap();
+    assert_eq!(e.status, Status::Expired);
+    assert!(s.finish(&a.id, Finish::Abandoned, T0).await.unwrap().is_none());
+    assert!(matches!(s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap(), DecideOutcome::AlreadyFinal(_)));
+    // After an expiry an identical request starts a new approval.
+    assert!(matches!(s.open(open_req("fp", 1, T0)).await.unwrap(), Opened::Created(_)));
+}
+
+async fn listing_pages_oldest_first<S: ApprovalStore>(s: S) {
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let mut r = open_req(&format!("fp{i}"), 1, T0);
+        r.approval.created_at = Timestamp(T0.0 + 5 - i);
+        let Opened::Created(a) = s.open(r).await.unwrap() else { panic!() };
+        ids.push(a.id);
+    }
+    ids.reverse();
+    s.decide(&ids[0], vote("alice", Verdict::Approve, T0)).await.unwrap();
+    let p = s.list(&ListQuery { status: Some(Status::Pending), after: None, limit: 2 }).await.unwrap();
+    assert_eq!(p.approvals.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), ids[1..3]);
+    let p2 = s.list(&ListQuery { status: Some(Status::Pending), after: p.next.clone(), limit: 2 }).await.unwrap();
+    assert_eq!(p2.approvals.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), ids[3..5]);
+    assert!(p2.next.is_none());
+    let all = s.list(&ListQuery { status: None, after: None, limit: 1000 }).await.unwrap();
+    assert_eq!(all.approvals.len(), 5);
+    let counts = s.pending_counts().await.unwrap();
+    assert_eq!(counts.get("finance-oncall"), Some(&4));
+}
+
+async fn ask_reuse_returns_decided<S: ApprovalStore>(s: S) {
+    let ask = |now| OpenRequest {
+        fingerprint: "ask".into(),
+        approval: approval(1),
+        request: None,
+        reuse: Reuse::Ask { grant_ttl: TTL },
+        now,
+    };
+    let Opened::Created(a) = s.open(ask(T0)).await.unwrap() else { panic!() };
+    s.decide(&a.id, vote("bob", Verdict::Reject, T0)).await.unwrap();
+    assert!(matches!(s.open(ask(T0)).await.unwrap(), Opened::Attached(ref x) if x.id == a.id && x.status == Status::Rejected));
+    assert!(matches!(s.open(ask(T0.plus(TTL))).await.unwrap(), Opened::Created(_)));
+}
+
+async fn concurrent_votes_have_one_winner<S: ApprovalStore>(s: Arc<S>) {
+    for round in 0..50 {
+        let a = created(&*s, &format!("race{round}"), 1).await;
+        let mut tasks = Vec::new();
+        for (i, v) in [Verdict::Approve, Verdict::Reject, Verdict::Approve, Verdict::Reject].into_iter().enumerate() {
+            let s = s.clone();
+            let id = a.id.clone();
+            tasks.push(tokio::spawn(async move { s.decide(&id, vote(&format!("p{i}"), v, T0)).await.unwrap() }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), DecideOutcome::Decided(_)) {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+        let mut grants = Vec::new();
+        for _ in 0..4 {
+            let s = s.clone();
+            let id = a.id.clone();
+            grants.push(tokio::spawn(async move { s.claim_grant(&id, TTL, T0).await.unwrap() }));
+        }
+        let mut granted = 0;
+        for g in grants {
+            if matches!(g.await.unwrap(), Claim::Granted(..)) {
+                granted += 1;
+            }
+        }
+        let approved = s.get(&a.id).await.unwrap().unwrap().status == Status::Approved;
+        assert_eq!(granted, usize::from(approved), "round {round}");
+    }
+}
+
+async fn waiters_are_woken<S: ApprovalStore>(s: Arc<S>) {
+    let a = created(&*s, "fp", 1).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let s2 = s.clone();
+    let id = a.id.clone();
+    let waiter = tokio::spawn(async move {
+        let w = s2.waiters().register(&id);
+        let n = w.notify().notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        let _ = tx.send(());
+        loop {
+            if s2.get(&id).await.unwrap().unwrap().status != Status::Pending {
+                return;
+            }
+            n.as_mut().await;
+            n.set(w.notify().notified());
+            n.as_mut().enable();
+        }
+    });
+    rx.await.unwrap();
+    s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+    assert!(s.waiters().is_empty(), "registrations are dropped");
+}
+
+async fn shutdown_and_purge<S: ApprovalStore>(s: S) {
+    let a = created(&s, "fp", 1).await;
+    let b = created(&s, "fp2", 1).await;
+    s.decide(&b.id, vote("alice", Verdict::Approve, T0)).await.unwrap();
+    s.shutdown(T0).await.unwrap();
+    let a = s.get(&a.id).await.unwrap().unwrap();
+    // Memory stores interrupt pending approvals; shared stores leave them pending.
+    assert!(matches!(a.status, Status::Interrupted | Status::Pending), "{:?}", a.status);
+    let n = s.purge(T0.plus(Duration::from_secs(86_400)), Duration::from_secs(3600)).await.unwrap();
+    assert!(n >= 1);
+    assert!(s.get(&b.id).await.unwrap().is_none());
+}

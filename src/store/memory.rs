@@ -1,0 +1,278 @@
+//! The embedded store: approvals in this process's memory.
+//!
+//! Every operation takes one short lock, so transitions are atomic. Pending approvals
+//! do not survive a restart; on shutdown they are marked `interrupted` (and audited by
+//! the caller) so that none is silently dropped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    ApprovalStore, Claim, DecideOutcome, Finish, ListQuery, OpenRequest, Opened, Page, Reuse, StoreError, Vote,
+    Waiters,
+};
+use crate::approval::{Approval, Status, StoredRequest, Verdict};
+use crate::clock::Timestamp;
+
+#[derive(Debug)]
+struct Entry {
+    approval: Approval,
+    request: Option<StoredRequest>,
+    fingerprint: String,
+    grant_used: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    approvals: HashMap<String, Entry>,
+    /// Fingerprint → the newest approval opened with it.
+    index: HashMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    waiters: Waiters,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-made transition: every
+        // mutation below is a handful of field writes. Keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn reusable(e: &Entry, reuse: Reuse, now: Timestamp) -> Option<Opened> {
+    let a = &e.approval;
+    let decided = a.decided_at.unwrap_or(a.created_at);
+    match (reuse, a.status) {
+        (_, Status::Pending) => Some(Opened::Attached(a.clone())),
+        (Reuse::Forward { grant_ttl, .. }, Status::Approved) if !e.grant_used && now < decided.plus(grant_ttl) => {
+            Some(Opened::Attached(a.clone()))
+        }
+        (Reuse::Forward { reject_memory, .. }, Status::Rejected) if now < decided.plus(reject_memory) => {
+            Some(Opened::RecentlyRejected(a.clone()))
+        }
+        (Reuse::Ask { grant_ttl }, Status::Approved | Status::Rejected) if now < decided.plus(grant_ttl) => {
+            Some(Opened::Attached(a.clone()))
+        }
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ApprovalStore for MemoryStore {
+    async fn open(&self, req: OpenRequest) -> Result<Opened, StoreError> {
+        let mut g = self.lock();
+        if let Some(id) = g.index.get(&req.fingerprint) {
+            if let Some(found) = g.approvals.get(id).and_then(|e| reusable(e, req.reuse, req.now)) {
+                return Ok(found);
+            }
+        }
+        let a = req.approval;
+        g.index.insert(req.fingerprint.clone(), a.id.clone());
+        g.approvals.insert(
+            a.id.clone(),
+            Entry { approval: a.clone(), request: req.request, fingerprint: req.fingerprint, grant_used: false },
+        );
+        Ok(Opened::Created(a))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        Ok(self.lock().approvals.get(id).map(|e| e.approval.clone()))
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        let g = self.lock();
+        let mut v: Vec<&Approval> = g
+            .approvals
+            .values()
+            .map(|e| &e.approval)
+            .filter(|a| q.status.is_none_or(|s| a.status == s))
+            .filter(|a| q.after.as_ref().is_none_or(|c| super::cursor(a).as_str() > c.as_str()))
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let limit = q.limit.clamp(1, 1000);
+        let next = (v.len() > limit).then(|| super::cursor(v[limit - 1]));
+        Ok(Page { approvals: v.into_iter().take(limit).cloned().collect(), next })
+    }
+
+    async fn decide(&self, id: &str, vote: Vote) -> Result<DecideOutcome, StoreError> {
+        let outcome = {
+            let mut g = self.lock();
+            let Some(e) = g.approvals.get_mut(id) else { return Ok(DecideOutcome::NotFound) };
+            let a = &mut e.approval;
+            if a.status != Status::Pending {
+                return Ok(DecideOutcome::AlreadyFinal(a.clone()));
+            }
+            match vote.verdict {
+                Verdict::Reject => {
+                    a.status = Status::Rejected;
+                    a.decided_by = Some(vote.approver);
+                    a.decided_at = Some(vote.now);
+                    a.reason = vote.reason;
+                    a.decided_via = Some(vote.channel);
+                    DecideOutcome::Decided(a.clone())
+                }
+                Verdict::Approve => {
+                    if a.approvals.contains(&vote.approver) {
+                        return Ok(DecideOutcome::AlreadyVoted(a.clone()));
+                    }
+                    a.approvals.push(vote.approver.clone());
+                    if a.approvals.len() as u32 >= a.quorum {
+                        a.status = Status::Approved;
+                        a.decided_by = Some(vote.approver);
+                        a.decided_at = Some(vote.now);
+                        a.reason = vote.reason;
+                        a.decided_via = Some(vote.channel);
+                        DecideOutcome::Decided(a.clone())
+                    } else {
+                        DecideOutcome::Counted(a.clone())
+                    }
+                }
+            }
+        };
+        self.waiters.wake(id);
+        Ok(outcome)
+    }
+
+    async fn claim_grant(&self, id: &str, grant_ttl: Duration, now: Timestamp) -> Result<Claim, StoreError> {
+        let mut g = self.lock();
+        let Some(e) = g.approvals.get_mut(id) else { return Ok(Claim::NotFound) };
+        let a = e.approval.clone();
+        if a.status != Status::Approved {
+            return Ok(Claim::NotApproved(a));
+        }
+        if e.grant_used {
+            return Ok(Claim::Used(a));
+        }
+        if now >= a.decided_at.unwrap_or(a.created_at).plus(grant_ttl) {
+            return Ok(Claim::Lapsed(a));
+        }
+        let Some(req) = e.request.clone() else { return Ok(Claim::NotApproved(a)) };
+        e.grant_used = true;
+        Ok(Claim::Granted(a, req))
+    }
+
+    async fn release_grant(&self, id: &str) -> Result<(), StoreError> {
+        if let Some(e) = self.lock().approvals.get_mut(id) {
+            e.grant_used = false;
+        }
+        self.waiters.wake(id);
+        Ok(())
+    }
+
+    async fn finish(&self, id: &str, how: Finish, now: Timestamp) -> Result<Option<Approval>, StoreError> {
+        let done = {
+            let mut g = self.lock();
+            match g.approvals.get_mut(id) {
+                Some(e) if e.approval.status == Status::Pending => {
+                    e.approval.status = how.status();
+                    e.approval.decided_at = Some(now);
+                    Some(e.approval.clone())
+                }
+                _ => None,
+            }
+        };
+        if done.is_some() {
+            self.waiters.wake(id);
+        }
+        Ok(done)
+    }
+
+    async fn escalate(&self, id: &str, routes: &[String], _now: Timestamp) -> Result<Option<Approval>, StoreError> {
+        let done = {
+            let mut g = self.lock();
+            match g.approvals.get_mut(id) {
+                Some(e) if e.approval.status == Status::Pending => {
+                    let a = &mut e.approval;
+                    let mut added = false;
+                    for r in routes {
+                        if !a.escalated_to.contains(r) && !a.routes.contains(r) {
+                            a.escalated_to.push(r.clone());
+                            added = true;
+                        }
+                    }
+                    added.then(|| a.clone())
+                }
+                _ => None,
+            }
+        };
+        if done.is_some() {
+            self.waiters.wake(id);
+        }
+        Ok(done)
+    }
+
+    async fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let g = self.lock();
+        let mut m = HashMap::new();
+        for e in g.approvals.values().filter(|e| e.approval.status == Status::Pending) {
+            for r in &e.approval.routes {
+                *m.entry(r.clone()).or_insert(0) += 1;
+            }
+        }
+        Ok(m)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn shutdown(&self, now: Timestamp) -> Result<Vec<Approval>, StoreError> {
+        let out: Vec<Approval> = {
+            let mut g = self.lock();
+            g.approvals
+                .values_mut()
+                .filter(|e| e.approval.status == Status::Pending)
+                .map(|e| {
+                    e.approval.status = Status::Interrupted;
+                    e.approval.decided_at = Some(now);
+                    e.approval.clone()
+                })
+                .collect()
+        };
+        self.waiters.wake_all();
+        Ok(out)
+    }
+
+    async fn purge(&self, now: Timestamp, retention: Duration) -> Result<usize, StoreError> {
+        let mut g = self.lock();
+        let old: Vec<(String, String)> = g
+            .approvals
+            .values()
+            .filter(|e| e.approval.status.is_final())
+            .filter(|e| now >= e.approval.decided_at.unwrap_or(e.approval.created_at).plus(retention))
+            .map(|e| (e.approval.id.clone(), e.fingerprint.clone()))
+            .collect();
+        for (id, fp) in &old {
+            g.approvals.remove(id);
+            if g.index.get(fp) == Some(id) {
+                g.index.remove(fp);
+            }
+        }
+        Ok(old.len())
+    }
+
+    fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        super::super::conformance::run_all(|| async { MemoryStore::new() }).await;
+    }
+}

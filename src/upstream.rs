@@ -1,0 +1,211 @@
+//! The forwarder: the only code that talks to upstreams.
+//!
+//! One pooled hyper client per upstream, with rustls (webpki roots plus the
+//! upstream's optional `ca_file`), connect and response timeouts, a cap on
+//! concurrent requests, and credential injection. It sends a [`StoredRequest`]
+//! exactly as stored: the approved bytes, never a re-encoding.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+
+use crate::approval::StoredRequest;
+use crate::config::{Secret, UpstreamConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {name}: ca_file {path}: {message}")]
+    CaFile { name: String, path: String, message: String },
+    #[error("upstream {name}: {message}")]
+    Tls { name: String, message: String },
+    #[error("upstream {name}: inject value is not a valid header value")]
+    InjectValue { name: String },
+}
+
+/// Why a forward failed. `Connect` means no byte of the request was sent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardError {
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {0}")]
+    Failed(String),
+}
+
+impl ForwardError {
+    /// Whether the upstream may have received the request.
+    pub fn maybe_sent(&self) -> bool {
+        !matches!(self, ForwardError::Connect(_))
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) => "connect_failed",
+            ForwardError::Timeout(_) => "timeout",
+            ForwardError::Failed(_) => "error",
+        }
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub struct Upstream {
+    pub name: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host: HeaderValue,
+    base_path: String,
+    client: HttpsClient,
+    inject: Option<(HeaderName, HeaderValue)>,
+    response_timeout: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("authority", &self.authority).finish()
+    }
+}
+
+fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.ca_file {
+        let ca_err = |message: String| UpstreamError::CaFile {
+            name: cfg.name.clone(),
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(ca_err("holds no PEM certificate".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // ALPN is set by the connector builder (HTTP/1.1 only).
+    let c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Tls { name: cfg.name.clone(), message: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(c)
+}
+
+impl Upstream {
+    pub fn build(cfg: &UpstreamConfig, inject_value: Option<&Secret>) -> Result<Upstream, UpstreamError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(cfg)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(cfg.max_connections)
+            .retry_canceled_requests(false)
+            .build(https);
+        let parts = cfg.url.clone().into_parts();
+        let scheme = parts.scheme.unwrap_or(http::uri::Scheme::HTTPS);
+        let authority = parts.authority.expect("validated: upstream url has a host");
+        let base_path = parts.path_and_query.map(|p| p.path().trim_end_matches('/').to_string()).unwrap_or_default();
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| UpstreamError::Tls {
+            name: cfg.name.clone(),
+            message: "host is not a valid header value".into(),
+        })?;
+        let inject = match (&cfg.inject_header, inject_value) {
+            (Some(h), Some(v)) => {
+                let mut hv = HeaderValue::from_str(v.expose())
+                    .map_err(|_| UpstreamError::InjectValue { name: cfg.name.clone() })?;
+                hv.set_sensitive(true);
+                Some((h.clone(), hv))
+            }
+            _ => None,
+        };
+        Ok(Upstream {
+            name: cfg.name.clone(),
+            scheme,
+            authority,
+            host,
+            base_path,
+            client,
+            inject,
+            response_timeout: cfg.response_timeout,
+            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+        })
+    }
+
+    /// The header an injected credential goes in, if any.
+    pub fn inject_header(&self) -> Option<&HeaderName> {
+        self.inject.as_ref().map(|(h, _)| h)
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, ForwardError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.base_path, path_and_query))
+            .build()
+            .map_err(|e| ForwardError::Failed(format!("bad upstream URI: {e}")))
+    }
+
+    /// Sends `req` and waits for the response headers.
+    pub async fn send(&self, req: &StoredRequest) -> Result<Response<Incoming>, ForwardError> {
+        let method = http::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| ForwardError::Failed(format!("bad method {:?}", req.method)))?;
+        let mut b = Request::builder().method(method).uri(self.uri(&req.path_and_query)?);
+        let headers = b.headers_mut().ok_or_else(|| ForwardError::Failed("request builder".into()))?;
+        for (k, v) in &req.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| ForwardError::Failed(format!("bad header {k:?}")))?;
+            let value = HeaderValue::from_str(v).map_err(|_| ForwardError::Failed(format!("bad value for header {k:?}")))?;
+            headers.append(name, value);
+        }
+        headers.insert(HOST, self.host.clone());
+        if let Some((h, v)) = &self.inject {
+            headers.insert(h.clone(), v.clone());
+        }
+        let request = b.body(Full::new(req.body.clone())).map_err(|e| ForwardError::Failed(e.to_string()))?;
+        let _permit = self.permits.acquire().await.map_err(|_| ForwardError::Connect("upstream closed".into()))?;
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Err(_) => Err(ForwardError::Timeout(self.response_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(ForwardError::Failed(error_chain(&e))),
+        }
+    }
+}
+
+/// An error with its causes, for logs and refusals ("tls handshake: invalid peer certificate").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}

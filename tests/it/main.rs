@@ -1,0 +1,11 @@
+//! Integration tests: the real server in-process, driven over sockets.
+
+mod harness;
+
+mod admin;
+mod audit_cli;
+mod cli;
+mod hold;
+mod proxy;
+mod timers;
+mod tls;

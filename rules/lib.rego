@@ -10,6 +10,22 @@
 # are rejected as "invalid regex". Only plain ASCII classes are used here.
 package approvalplane
 
+# --- the three decision sets ------------------------------------------------
+
+# Declared here so that each set exists even when no remaining rule file adds
+# to it: regorus answers "not a valid rule path" for a set with no rule.
+deny contains element if {
+	some element in []
+}
+
+approval contains element if {
+	some element in []
+}
+
+allow contains element if {
+	some element in []
+}
+
 # --- the request ------------------------------------------------------------
 
 # True for proxied HTTP calls; provider rules fire only for these.

@@ -52,7 +52,9 @@ impl AskBody {
         }
         match &self.risk {
             None => Ok(None),
-            Some(r) => Risk::parse(r).map(Some).ok_or_else(|| format!("risk {r:?} is not low, medium, high or critical")),
+            Some(r) => {
+                Risk::parse(r).map(Some).ok_or_else(|| format!("risk {r:?} is not low, medium, high or critical"))
+            }
         }
     }
 }
@@ -89,8 +91,8 @@ pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response
         (&Method::POST, "/v1/approvals") => {
             let bytes = read_body(body, &parts.headers, gate.settings.max_body_bytes).await?;
             let v = parse_strict(&bytes).map_err(|e| Refusal::MalformedBody(format!("not valid JSON: {e}")))?;
-            let ask: AskBody =
-                serde_json::from_value(v).map_err(|e| Refusal::MalformedRequest(format!("request_approval body: {e}")))?;
+            let ask: AskBody = serde_json::from_value(v)
+                .map_err(|e| Refusal::MalformedRequest(format!("request_approval body: {e}")))?;
             let risk = ask.validate().map_err(Refusal::MalformedRequest)?;
             let idempotency_key = parts
                 .headers

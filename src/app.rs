@@ -51,8 +51,14 @@ pub fn load_policy(cfg: &Config) -> Result<PolicyBundle, AppError> {
             message: format!("cannot create {}: {e}", cfg.policy.rules.display()),
         })?;
     }
-    PolicyBundle::load(&cfg.policy.rules, cfg.policy.data.as_deref(), cfg.policy.default, cfg.policy.mode, cfg.route_names())
-        .map_err(|source| AppError::Policy { file: cfg.file.display().to_string(), source })
+    PolicyBundle::load(
+        &cfg.policy.rules,
+        cfg.policy.data.as_deref(),
+        cfg.policy.default,
+        cfg.policy.mode,
+        cfg.route_names(),
+    )
+    .map_err(|source| AppError::Policy { file: cfg.file.display().to_string(), source })
 }
 
 /// Builds the reloadable part of the configuration.
@@ -89,7 +95,12 @@ pub struct App {
 impl App {
     /// Builds everything; starts the audit chain. `replica` names this process in
     /// the chain's genesis record.
-    pub async fn build(config: Config, secrets: Secrets, clock: Arc<dyn Clock>, replica: &str) -> Result<App, AppError> {
+    pub async fn build(
+        config: Config,
+        secrets: Secrets,
+        clock: Arc<dyn Clock>,
+        replica: &str,
+    ) -> Result<App, AppError> {
         config.check_files().map_err(|e| AppError::Config {
             file: e.file.display().to_string(),
             key: e.key,
@@ -216,7 +227,7 @@ async fn accept_loop<F, Fut>(
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
-                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req)));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler));
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

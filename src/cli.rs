@@ -49,6 +49,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Start the proxy with a built-in echo upstream and print the steps to try.
+    Demo {
+        /// Where the demo writes its config, rules and audit log.
+        #[arg(long, default_value = "var/demo")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        control_listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,12 +123,11 @@ pub fn run() -> ExitCode {
         Command::Serve { config, log_format } => serve(&config, log_format),
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
         Command::Rules { command: RulesCommand::Test { dir, config } } => rules_test(dir, config),
-        Command::Rules { command: RulesCommand::Explain { config, request } } => {
-            crate::explain::run(&config, &request)
-        }
+        Command::Rules { command: RulesCommand::Explain { config, request } } => crate::explain::run(&config, &request),
         Command::Audit { command: AuditCommand::Verify { path, key, checkpoints } } => {
             audit_verify(&path, key.as_deref(), checkpoints.as_deref())
         }
+        Command::Demo { dir, listen, control_listen } => demo(&dir, listen, control_listen),
     }
 }
 
@@ -162,9 +171,7 @@ fn rules_test(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         },
         None => None,
     };
-    let dir = dir
-        .or_else(|| cfg.as_ref().map(|c| c.policy.rules.clone()))
-        .unwrap_or_else(|| PathBuf::from("rules"));
+    let dir = dir.or_else(|| cfg.as_ref().map(|c| c.policy.rules.clone())).unwrap_or_else(|| PathBuf::from("rules"));
     let data = cfg.as_ref().and_then(|c| c.policy.data.clone()).or_else(|| {
         let d = dir.join("data.json");
         d.is_file().then_some(d)
@@ -260,6 +267,46 @@ fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    run_server(cfg, secrets, None)
+}
+
+fn demo(dir: &Path, listen: std::net::SocketAddr, control: std::net::SocketAddr) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let prepared: anyhow::Result<Config> = rt.block_on(async {
+        let echo = crate::demo::echo_upstream().await.context("starting the echo upstream")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = crate::demo::write_demo(dir, listen, control, echo).context("writing the demo config")?;
+        Ok(Config::load(&path)?)
+    });
+    let cfg = match prepared {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let secrets = match cfg.resolve_secrets(&crate::demo::demo_env()) {
+        Ok((s, _)) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let banner = crate::demo::steps(&cfg);
+    // The echo upstream lives on `rt`; keep it running beside the server.
+    std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+    run_server(cfg, secrets, Some(banner))
+}
+
+/// Runs the server on its own runtime until SIGTERM/SIGINT.
+fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<String>) -> ExitCode {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if cfg.server.worker_threads > 0 {
@@ -289,6 +336,12 @@ fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
             .await
             .with_context(|| format!("binding server.control_listen {}", cfg.server.control_listen))?;
         tracing::info!(listen = %cfg.server.listen, control_listen = %cfg.server.control_listen, "listening");
+        if let Some(b) = banner {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{b}");
+            let _ = out.flush();
+        }
         app.serve(agent, control, shutdown_signal()).await.context("serving")?;
         Ok(ExitCode::SUCCESS)
     });

@@ -35,11 +35,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { file: file.to_path_buf(), key: key.into(), message: message.into() }
     }
 }
 
@@ -506,15 +502,8 @@ impl Config {
         let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", line_of(text, s.start)))
-                .unwrap_or_default();
-            let key = if path.is_empty() || path == "." {
-                "(file)".to_string()
-            } else {
-                path
-            };
+            let line = inner.span().map(|s| format!(" (line {})", line_of(text, s.start))).unwrap_or_default();
+            let key = if path.is_empty() || path == "." { "(file)".to_string() } else { path };
             ConfigError::new(file, key, format!("{}{line}", inner.message().trim()))
         })?;
         Validator { file, raw: &raw }.validate()
@@ -548,10 +537,7 @@ impl Config {
             }
         }
         for r in self.routes.values() {
-            for s in [&r.webhook_url, &r.webhook_secret, &r.ntfy_url]
-                .into_iter()
-                .flatten()
-            {
+            for s in [&r.webhook_url, &r.webhook_secret, &r.ntfy_url].into_iter().flatten() {
                 out.push((s, true));
             }
         }
@@ -579,20 +565,13 @@ impl Config {
     }
 
     /// Resolves every secret. Returns the values and the ones that are unset.
-    pub fn resolve_secrets(
-        &self,
-        env: &dyn Env,
-    ) -> Result<(Secrets, Vec<MissingSecret>), ConfigError> {
+    pub fn resolve_secrets(&self, env: &dyn Env) -> Result<(Secrets, Vec<MissingSecret>), ConfigError> {
         let mut secrets = Secrets::default();
         let mut missing = Vec::new();
         for (r, required) in self.secret_refs() {
             match r.resolve(env) {
                 Ok(Some(v)) => secrets.insert(r, v),
-                Ok(None) => missing.push(MissingSecret {
-                    key: r.key().to_string(),
-                    source: r.describe(),
-                    required,
-                }),
+                Ok(None) => missing.push(MissingSecret { key: r.key().to_string(), source: r.describe(), required }),
                 Err(e) => return Err(ConfigError::new(&self.file, r.key(), e)),
             }
         }
@@ -607,21 +586,13 @@ impl Config {
                         return Err(ConfigError::new(
                             &self.file,
                             p.token.as_ref().map(|r| r.key()).unwrap_or("approver"),
-                            format!(
-                                "approver {} has the same token as agent {}; tokens must differ",
-                                p.id, a.id
-                            ),
+                            format!("approver {} has the same token as agent {}; tokens must differ", p.id, a.id),
                         ));
                     }
                 }
             }
         }
-        if let Some(url) = self
-            .store
-            .redis_url_secret
-            .as_ref()
-            .and_then(|r| secrets.get(r))
-        {
+        if let Some(url) = self.store.redis_url_secret.as_ref().and_then(|r| secrets.get(r)) {
             if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
                 return Err(ConfigError::new(
                     &self.file,
@@ -695,17 +666,11 @@ impl Validator<'_> {
         }
     }
 
-    fn secret(
-        &self,
-        key: &str,
-        env: Option<&String>,
-        file: Option<&String>,
-    ) -> Result<Option<SecretRef>, ConfigError> {
+    fn secret(&self, key: &str, env: Option<&String>, file: Option<&String>) -> Result<Option<SecretRef>, ConfigError> {
         match (env, file) {
-            (Some(_), Some(_)) => Err(self.err(
-                format!("{key}_env"),
-                format!("set only one of {key}_env and {key}_file"),
-            )),
+            (Some(_), Some(_)) => {
+                Err(self.err(format!("{key}_env"), format!("set only one of {key}_env and {key}_file")))
+            }
             (Some(var), None) => {
                 if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(self.err(
@@ -713,26 +678,16 @@ impl Validator<'_> {
                         "must name an environment variable (letters, digits, _), not hold a secret",
                     ));
                 }
-                Ok(Some(SecretRef::Env {
-                    key: format!("{key}_env"),
-                    var: var.clone(),
-                }))
+                Ok(Some(SecretRef::Env { key: format!("{key}_env"), var: var.clone() }))
             }
-            (None, Some(p)) => Ok(Some(SecretRef::File {
-                key: format!("{key}_file"),
-                path: self.path(p),
-            })),
+            (None, Some(p)) => Ok(Some(SecretRef::File { key: format!("{key}_file"), path: self.path(p) })),
             (None, None) => Ok(None),
         }
     }
 
     fn addr(&self, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-        v.parse::<SocketAddr>().map_err(|_| {
-            self.err(
-                key,
-                format!("{v:?} is not an address such as \"127.0.0.1:8080\""),
-            )
-        })
+        v.parse::<SocketAddr>()
+            .map_err(|_| self.err(key, format!("{v:?} is not an address such as \"127.0.0.1:8080\"")))
     }
 
     fn validate(&self) -> Result<Config, ConfigError> {
@@ -751,9 +706,7 @@ impl Validator<'_> {
         }
         let public_url = match &s.public_url {
             Some(u) => {
-                let uri: Uri = u
-                    .parse()
-                    .map_err(|e| self.err("server.public_url", format!("not a URL: {e}")))?;
+                let uri: Uri = u.parse().map_err(|e| self.err("server.public_url", format!("not a URL: {e}")))?;
                 if !matches!(uri.scheme_str(), Some("http" | "https")) {
                     return Err(self.err("server.public_url", "must be an http:// or https:// URL"));
                 }
@@ -769,33 +722,19 @@ impl Validator<'_> {
             }
             Some(n) => n as usize,
         };
-        let hold_timeout =
-            self.duration("server.hold_timeout", s.hold_timeout.as_deref(), Duration::from_secs(55))?;
-        let grant_ttl =
-            self.duration("server.grant_ttl", s.grant_ttl.as_deref(), Duration::from_secs(15 * 60))?;
-        let reject_memory = self.duration(
-            "server.reject_memory",
-            s.reject_memory.as_deref(),
-            Duration::from_secs(10 * 60),
-        )?;
-        let shutdown_grace = self.duration(
-            "server.shutdown_grace",
-            s.shutdown_grace.as_deref(),
-            Duration::from_secs(10),
-        )?;
-        let header_read_timeout = self.duration(
-            "server.header_read_timeout",
-            s.header_read_timeout.as_deref(),
-            Duration::from_secs(10),
-        )?;
+        let hold_timeout = self.duration("server.hold_timeout", s.hold_timeout.as_deref(), Duration::from_secs(55))?;
+        let grant_ttl = self.duration("server.grant_ttl", s.grant_ttl.as_deref(), Duration::from_secs(15 * 60))?;
+        let reject_memory =
+            self.duration("server.reject_memory", s.reject_memory.as_deref(), Duration::from_secs(10 * 60))?;
+        let shutdown_grace =
+            self.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), Duration::from_secs(10))?;
+        let header_read_timeout =
+            self.duration("server.header_read_timeout", s.header_read_timeout.as_deref(), Duration::from_secs(10))?;
         if header_read_timeout.is_zero() {
             return Err(self.err("server.header_read_timeout", "must be positive"));
         }
-        let decided_retention = self.duration(
-            "server.decided_retention",
-            s.decided_retention.as_deref(),
-            Duration::from_secs(24 * 3600),
-        )?;
+        let decided_retention =
+            self.duration("server.decided_retention", s.decided_retention.as_deref(), Duration::from_secs(24 * 3600))?;
         let default_expires_after = self.duration(
             "server.default_expires_after",
             s.default_expires_after.as_deref(),
@@ -808,11 +747,8 @@ impl Validator<'_> {
         if worker_threads > 1024 {
             return Err(self.err("server.worker_threads", "must be at most 1024"));
         }
-        let metrics_token = self.secret(
-            "server.metrics_token",
-            s.metrics_token_env.as_ref(),
-            s.metrics_token_file.as_ref(),
-        )?;
+        let metrics_token =
+            self.secret("server.metrics_token", s.metrics_token_env.as_ref(), s.metrics_token_file.as_ref())?;
 
         // Upstreams.
         if raw.upstream.is_empty() {
@@ -823,10 +759,7 @@ impl Validator<'_> {
         for (i, u) in raw.upstream.iter().enumerate() {
             let k = |f: &str| format!("upstream[{i}].{f}");
             if !valid_name(&u.name) {
-                return Err(self.err(
-                    k("name"),
-                    format!("{:?} must be 1-64 of a-z, A-Z, 0-9, '-', '_', '.'", u.name),
-                ));
+                return Err(self.err(k("name"), format!("{:?} must be 1-64 of a-z, A-Z, 0-9, '-', '_', '.'", u.name)));
             }
             if matches!(u.name.as_str(), "v1" | "mcp") {
                 return Err(self.err(k("name"), format!("{:?} is reserved", u.name)));
@@ -834,10 +767,7 @@ impl Validator<'_> {
             if !names.insert(u.name.clone()) {
                 return Err(self.err(k("name"), format!("{:?} is used twice", u.name)));
             }
-            let url: Uri = u
-                .url
-                .parse()
-                .map_err(|e| self.err(k("url"), format!("not a URL: {e}")))?;
+            let url: Uri = u.url.parse().map_err(|e| self.err(k("url"), format!("not a URL: {e}")))?;
             if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
                 return Err(self.err(k("url"), "must be an absolute http:// or https:// URL"));
             }
@@ -845,10 +775,9 @@ impl Validator<'_> {
                 return Err(self.err(k("url"), "must not have a query"));
             }
             if points_at(&url, control_listen) {
-                return Err(self.err(
-                    k("url"),
-                    "points at server.control_listen: an agent could reach the decision endpoints",
-                ));
+                return Err(
+                    self.err(k("url"), "points at server.control_listen: an agent could reach the decision endpoints")
+                );
             }
             if points_at(&url, listen) {
                 return Err(self.err(k("url"), "points at server.listen: the proxy would loop"));
@@ -860,16 +789,11 @@ impl Validator<'_> {
                 ),
                 None => None,
             };
-            let inject_value = self.secret(
-                &k("inject_value"),
-                u.inject_value_env.as_ref(),
-                u.inject_value_file.as_ref(),
-            )?;
+            let inject_value =
+                self.secret(&k("inject_value"), u.inject_value_env.as_ref(), u.inject_value_file.as_ref())?;
             if inject_value.is_some() != inject_header.is_some() {
-                return Err(self.err(
-                    k("inject_header"),
-                    "inject_header and inject_value_env (or inject_value_file) go together",
-                ));
+                return Err(self
+                    .err(k("inject_header"), "inject_header and inject_value_env (or inject_value_file) go together"));
             }
             let ca_file = u.ca_file.as_deref().map(|p| self.path(p));
             let max_connections = u.max_connections.unwrap_or(512);
@@ -910,10 +834,7 @@ impl Validator<'_> {
             let token = self
                 .secret(&k("token"), a.token_env.as_ref(), a.token_file.as_ref())?
                 .ok_or_else(|| self.err(k("token_env"), "an agent needs token_env or token_file"))?;
-            agents.push(AgentConfig {
-                id: a.id.clone(),
-                token,
-            });
+            agents.push(AgentConfig { id: a.id.clone(), token });
         }
         if agents.is_empty() && !listen.ip().is_loopback() {
             return Err(self.err(
@@ -942,10 +863,9 @@ impl Validator<'_> {
                     (Some(&a.token), token.as_ref())
                 {
                     if av == pv {
-                        return Err(self.err(
-                            k("token_env"),
-                            format!("approver {} and agent {} share one token", p.id, a.id),
-                        ));
+                        return Err(
+                            self.err(k("token_env"), format!("approver {} and agent {} share one token", p.id, a.id))
+                        );
                     }
                 }
             }
@@ -983,11 +903,8 @@ impl Validator<'_> {
             }
             let webhook_url =
                 self.secret(&k("webhook_url"), r.webhook_url_env.as_ref(), r.webhook_url_file.as_ref())?;
-            let webhook_secret = self.secret(
-                &k("webhook_secret"),
-                r.webhook_secret_env.as_ref(),
-                r.webhook_secret_file.as_ref(),
-            )?;
+            let webhook_secret =
+                self.secret(&k("webhook_secret"), r.webhook_secret_env.as_ref(), r.webhook_secret_file.as_ref())?;
             if webhook_url.is_some() && webhook_secret.is_none() {
                 return Err(self.err(
                     k("webhook_secret_env"),
@@ -1021,9 +938,7 @@ impl Validator<'_> {
             mode: match p.mode.as_deref() {
                 None | Some("enforce") => PolicyMode::Enforce,
                 Some("shadow") => PolicyMode::Shadow,
-                Some(o) => {
-                    return Err(self.err("policy.mode", format!("{o:?} is not \"enforce\" or \"shadow\"")))
-                }
+                Some(o) => return Err(self.err("policy.mode", format!("{o:?} is not \"enforce\" or \"shadow\""))),
             },
         };
 
@@ -1077,10 +992,7 @@ impl Validator<'_> {
                 None | Some("closed") => FailMode::Closed,
                 Some("open_allowed") => FailMode::OpenAllowed,
                 Some(o) => {
-                    return Err(self.err(
-                        "audit.fail_mode",
-                        format!("{o:?} is not \"closed\" or \"open_allowed\""),
-                    ))
+                    return Err(self.err("audit.fail_mode", format!("{o:?} is not \"closed\" or \"open_allowed\"")))
                 }
             },
             rotate_bytes: match au.rotate_bytes {
@@ -1088,7 +1000,11 @@ impl Validator<'_> {
                 Some(n) => n,
                 None => 64 * 1024 * 1024,
             },
-            rotate_after: self.duration("audit.rotate_after", au.rotate_after.as_deref(), Duration::from_secs(24 * 3600))?,
+            rotate_after: self.duration(
+                "audit.rotate_after",
+                au.rotate_after.as_deref(),
+                Duration::from_secs(24 * 3600),
+            )?,
             checkpoint_every: match au.checkpoint_every {
                 Some(0) => return Err(self.err("audit.checkpoint_every", "must be positive")),
                 Some(n) => n,
@@ -1135,13 +1051,7 @@ impl Validator<'_> {
                 if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
                     return Err(self.err("slack.api_base", "must be an http:// or https:// URL"));
                 }
-                Some(SlackConfig {
-                    bot_token,
-                    signing_secret,
-                    api_base,
-                    mode,
-                    app_token,
-                })
+                Some(SlackConfig { bot_token, signing_secret, api_base, mode, app_token })
             }
         };
 
@@ -1240,9 +1150,7 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -1259,18 +1167,13 @@ fn url_has_password(u: &str) -> bool {
 
 /// Whether `url` would connect to `addr` (same port, and the same or a loopback host).
 fn points_at(url: &Uri, addr: SocketAddr) -> bool {
-    let port = url
-        .port_u16()
-        .unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
+    let port = url.port_u16().unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
     if port != addr.port() {
         return false;
     }
     let host = url.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
-    let ip: Option<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
-        Some(IpAddr::from([127, 0, 0, 1]))
-    } else {
-        host.parse().ok()
-    };
+    let ip: Option<IpAddr> =
+        if host.eq_ignore_ascii_case("localhost") { Some(IpAddr::from([127, 0, 0, 1])) } else { host.parse().ok() };
     match ip {
         Some(ip) => {
             ip == addr.ip()
@@ -1323,17 +1226,13 @@ rules = "rules"
         let cases = [
             (MIN.replace("https://api.stripe.com", "http://127.0.0.1:9090"), "upstream[0].url"),
             (MIN.replace("https://api.stripe.com", "http://localhost:9090/x"), "upstream[0].url"),
-            (
-                MIN.to_string() + "[store]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n",
-                "store.redis_url",
-            ),
+            (MIN.to_string() + "[store]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n", "store.redis_url"),
             (MIN.replace("127.0.0.1:8080", "0.0.0.0:8080"), "server.listen"),
             (MIN.replace("\"stripe\"", "\"v1\""), "upstream[0].name"),
             (MIN.replace("\"stripe\"", "\"mcp\""), "upstream[0].name"),
             (MIN.to_string() + "[server2]\n", "server2"),
             (
-                MIN.to_string()
-                    + "[[agent]]\nid=\"a\"\ntoken_env=\"T\"\n[[approver]]\nid=\"p\"\ntoken_env=\"T\"\n",
+                MIN.to_string() + "[[agent]]\nid=\"a\"\ntoken_env=\"T\"\n[[approver]]\nid=\"p\"\ntoken_env=\"T\"\n",
                 "approver[0].token_env",
             ),
             (MIN.replace("[server]", "[server]\nhold_timeout = \"soon\""), "server.hold_timeout"),
@@ -1350,8 +1249,8 @@ rules = "rules"
 
     #[test]
     fn shared_token_value_is_refused_when_resolving() {
-        let text = MIN.to_string()
-            + "[[agent]]\nid=\"a\"\ntoken_env=\"AT\"\n[[approver]]\nid=\"p\"\ntoken_env=\"PT\"\n";
+        let text =
+            MIN.to_string() + "[[agent]]\nid=\"a\"\ntoken_env=\"AT\"\n[[approver]]\nid=\"p\"\ntoken_env=\"PT\"\n";
         let c = parse(&text).unwrap();
         let env = MapEnv::default().with("AT", "same").with("PT", "same");
         let e = c.resolve_secrets(&env).unwrap_err();

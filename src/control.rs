@@ -41,28 +41,36 @@ fn bearer(req_headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// Who is calling the admin API: an approver id, or the response to send.
-fn approver(gate: &Gate, headers: &http::HeaderMap) -> Result<String, Response<Body>> {
+fn approver(gate: &Gate, headers: &http::HeaderMap) -> Result<String, Box<Response<Body>>> {
     let live = gate.live();
     let Some(token) = bearer(headers) else {
-        return Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "send an approver token as \"Authorization: Bearer <token>\""));
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an approver token as \"Authorization: Bearer <token>\"",
+        )));
     };
     let d = token_digest(token);
     if let Some(id) = live.approver_tokens.get(&d) {
         return Ok(id.clone());
     }
     if live.agent_tokens.contains_key(&d) {
-        return Err(error(StatusCode::FORBIDDEN, "forbidden", "agent tokens cannot use the admin API"));
+        return Err(Box::new(error(StatusCode::FORBIDDEN, "forbidden", "agent tokens cannot use the admin API")));
     }
-    Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+    Err(Box::new(error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")))
 }
 
-async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
+async fn read_json(body: Incoming) -> Result<Value, Box<Response<Body>>> {
     let bytes = Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await
-        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "malformed_request", "body too large or unreadable"))?
+        .map_err(|_| {
+            Box::new(error(StatusCode::PAYLOAD_TOO_LARGE, "malformed_request", "body too large or unreadable"))
+        })?
         .to_bytes();
-    parse_strict(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, "malformed_request", format!("body is not valid JSON: {e}")))
+    parse_strict(&bytes).map_err(|e| {
+        Box::new(error(StatusCode::BAD_REQUEST, "malformed_request", format!("body is not valid JSON: {e}")))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,11 +88,15 @@ struct BulkBody {
     reason: Option<String>,
 }
 
-fn verdict(s: &str) -> Result<Verdict, Response<Body>> {
+fn verdict(s: &str) -> Result<Verdict, Box<Response<Body>>> {
     match s {
         "approve" => Ok(Verdict::Approve),
         "reject" => Ok(Verdict::Reject),
-        o => Err(error(StatusCode::BAD_REQUEST, "malformed_request", format!("decision {o:?} is not \"approve\" or \"reject\""))),
+        o => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("decision {o:?} is not \"approve\" or \"reject\""),
+        ))),
     }
 }
 
@@ -101,7 +113,8 @@ pub fn decision_response(r: Result<Approval, DecideError>) -> Response<Body> {
         ),
         Err(DecideError::Store(e)) => {
             tracing::error!(error = %e, "store unavailable during a decision");
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the approval store is unavailable; retry");
+            let mut r =
+                error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the approval store is unavailable; retry");
             r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }
@@ -164,36 +177,42 @@ impl Control {
     async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
         let who = match approver(&self.gate, req.headers()) {
             Ok(w) => w,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().trim_end_matches('/');
         let segs: Vec<&str> = path.trim_start_matches("/v1/admin/").split('/').collect();
         match (&parts.method, segs.as_slice()) {
             (&Method::GET, ["approvals"]) => self.list(&who, parts.uri.query()).await,
-            (&Method::GET, ["approvals", id]) => {
-                match self.gate.store.get(id).await {
-                    Ok(Some(a)) if self.gate.visible_to(&who, &a) => respond::json(StatusCode::OK, &a.to_json()),
-                    Ok(Some(_)) => error(StatusCode::FORBIDDEN, "forbidden", format!("{who} is not an approver for this approval's routes")),
-                    Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("approval {id} not found")),
-                    Err(e) => decision_response(Err(DecideError::Store(e))),
-                }
-            }
+            (&Method::GET, ["approvals", id]) => match self.gate.store.get(id).await {
+                Ok(Some(a)) if self.gate.visible_to(&who, &a) => respond::json(StatusCode::OK, &a.to_json()),
+                Ok(Some(_)) => error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("{who} is not an approver for this approval's routes"),
+                ),
+                Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("approval {id} not found")),
+                Err(e) => decision_response(Err(DecideError::Store(e))),
+            },
             (&Method::POST, ["approvals", "decision"]) => {
                 let v = match read_json(body).await {
                     Ok(v) => v,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let b: BulkBody = match serde_json::from_value(v) {
                     Ok(b) => b,
                     Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()),
                 };
                 if b.ids.is_empty() || b.ids.len() > MAX_BULK {
-                    return error(StatusCode::BAD_REQUEST, "malformed_request", format!("ids must hold 1 to {MAX_BULK} ids"));
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_request",
+                        format!("ids must hold 1 to {MAX_BULK} ids"),
+                    );
                 }
                 let v = match verdict(&b.decision) {
                     Ok(v) => v,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let mut results = Vec::with_capacity(b.ids.len());
                 for id in &b.ids {
@@ -212,7 +231,7 @@ impl Control {
             (&Method::POST, ["approvals", id, "decision"]) => {
                 let v = match read_json(body).await {
                     Ok(v) => v,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let b: DecisionBody = match serde_json::from_value(v) {
                     Ok(b) => b,
@@ -220,11 +239,15 @@ impl Control {
                 };
                 let v = match verdict(&b.decision) {
                     Ok(v) => v,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 decision_response(self.gate.decide(&who, id, v, b.reason, Channel::AdminApi).await)
             }
-            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {} {}", parts.method, parts.uri.path())),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such endpoint: {} {}", parts.method, parts.uri.path()),
+            ),
         }
     }
 
@@ -235,7 +258,9 @@ impl Control {
             match k {
                 "status" => match Status::parse(v) {
                     Some(s) => q.status = Some(s),
-                    None => return error(StatusCode::BAD_REQUEST, "malformed_request", format!("unknown status {v:?}")),
+                    None => {
+                        return error(StatusCode::BAD_REQUEST, "malformed_request", format!("unknown status {v:?}"))
+                    }
                 },
                 "after" => q.after = Some(v.to_string()),
                 "limit" => match v.parse::<usize>() {

@@ -81,16 +81,29 @@ pub fn parse_request(raw: &[u8]) -> Result<ExplainRequest, String> {
     }
     let justification = headers.iter().find(|(k, _)| k == "x-approval-justification").map(|(_, v)| v.clone());
     headers.retain(|(k, _)| k != "x-approval-justification");
-    Ok(ExplainRequest { method, path, headers, body: body.as_bytes().to_vec(), agent: "anonymous".into(), justification })
+    Ok(ExplainRequest {
+        method,
+        path,
+        headers,
+        body: body.as_bytes().to_vec(),
+        agent: "anonymous".into(),
+        justification,
+    })
 }
 
 /// The explanation as a JSON document (also used by snapshot tests).
-pub fn explain(cfg: &Config, policy: &crate::policy::PolicyBundle, req: &ExplainRequest, now: crate::clock::Timestamp) -> Result<Value, String> {
+pub fn explain(
+    cfg: &Config,
+    policy: &crate::policy::PolicyBundle,
+    req: &ExplainRequest,
+    now: crate::clock::Timestamp,
+) -> Result<Value, String> {
     let (path, query) = match req.path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (req.path.as_str(), None),
     };
-    crate::proxy::check_path(path).map_err(|e| e.body()["error"]["message"].as_str().unwrap_or("bad path").to_string())?;
+    crate::proxy::check_path(path)
+        .map_err(|e| e.body()["error"]["message"].as_str().unwrap_or("bad path").to_string())?;
     let rest = &path[1..];
     let (upstream, sub) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -228,7 +241,13 @@ fn print_explanation(v: &Value) {
         println!("decision: {decision}");
     }
     println!("reason: {}", v["reason"].as_str().unwrap_or(""));
-    println!("rule ids: {}", v["rule_ids"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+    println!(
+        "rule ids: {}",
+        v["rule_ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
     if let Some(e) = v["error"].as_str() {
         println!("error: {e}");
     }
@@ -236,7 +255,8 @@ fn print_explanation(v: &Value) {
     if decision == Decision::RequireApproval.as_str() || !approvers.is_empty() {
         println!("who would be asked:");
         for a in approvers {
-            let names: Vec<&str> = a["approvers"].as_array().map(|x| x.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let names: Vec<&str> =
+                a["approvers"].as_array().map(|x| x.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             println!(
                 "  route {}: {}{}{}",
                 a["route"].as_str().unwrap_or(""),

@@ -95,7 +95,14 @@ mod tests {
 
     #[test]
     fn volatile_headers_do_not_separate() {
-        let a = http("ag", "stripe", "POST", "/v1/refunds", &h(&[("idempotency-key", "k1"), ("user-agent", "x/1")]), b"amount=1");
+        let a = http(
+            "ag",
+            "stripe",
+            "POST",
+            "/v1/refunds",
+            &h(&[("idempotency-key", "k1"), ("user-agent", "x/1")]),
+            b"amount=1",
+        );
         let b = http("ag", "stripe", "POST", "/v1/refunds", &h(&[("idempotency-key", "k2")]), b"amount=1");
         assert_eq!(a, b);
     }

@@ -60,8 +60,7 @@ impl Live {
     /// Whether `approver` may decide `a` now: listed on one of its routes, or on a
     /// route it has been escalated to.
     pub fn may_decide(&self, approver: &str, a: &Approval) -> bool {
-        a.deciding_routes()
-            .any(|r| self.routes.get(r).is_some_and(|rc| rc.approvers.iter().any(|x| x == approver)))
+        a.deciding_routes().any(|r| self.routes.get(r).is_some_and(|rc| rc.approvers.iter().any(|x| x == approver)))
     }
 
     /// Whether `approver` may see `a` (same rule as deciding).
@@ -350,11 +349,22 @@ impl Gate {
             Err(e) => {
                 let (rule, refusal) = match &e {
                     input::InputError::Body(m) => ("approvalplane.malformed_body", Refusal::MalformedBody(m.clone())),
-                    input::InputError::Query(m) => ("approvalplane.malformed_request", Refusal::MalformedRequest(m.clone())),
+                    input::InputError::Query(m) => {
+                        ("approvalplane.malformed_request", Refusal::MalformedRequest(m.clone()))
+                    }
                 };
                 subject.rule_ids = vec![rule.to_string()];
                 self.count_decision(&a.req.upstream, Decision::Deny, Decision::Deny);
-                let ev = Self::decision_event(&subject, &a.request_id, Decision::Deny, Decision::Deny, &e.to_string(), None, None, None);
+                let ev = Self::decision_event(
+                    &subject,
+                    &a.request_id,
+                    Decision::Deny,
+                    Decision::Deny,
+                    &e.to_string(),
+                    None,
+                    None,
+                    None,
+                );
                 if let Err(err) = self.audit.append(ev, Durability::Written).await {
                     audit_failed(&err, "decision");
                 }
@@ -373,7 +383,14 @@ impl Gate {
         match verdict.decision {
             Decision::Allow => {
                 let ev = Self::decision_event(
-                    &subject, &a.request_id, verdict.decision, verdict.matched, &verdict.reason, None, None, None,
+                    &subject,
+                    &a.request_id,
+                    verdict.decision,
+                    verdict.matched,
+                    &verdict.reason,
+                    None,
+                    None,
+                    None,
                 );
                 if let Err(e) = self.audit.append(ev, Durability::Written).await {
                     audit_failed(&e, "decision");
@@ -402,7 +419,10 @@ impl Gate {
             }
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
-                    return Err(Refusal::PolicyDenied { rule: "policy.error".into(), reason: "no approval plan".into() });
+                    return Err(Refusal::PolicyDenied {
+                        rule: "policy.error".into(),
+                        reason: "no approval plan".into(),
+                    });
                 };
                 let fp = fingerprint::http(
                     &a.agent,
@@ -417,7 +437,10 @@ impl Gate {
                     fingerprint: fp,
                     approval: candidate,
                     request: Some(a.req.clone()),
-                    reuse: Reuse::Forward { grant_ttl: self.settings.grant_ttl, reject_memory: self.settings.reject_memory },
+                    reuse: Reuse::Forward {
+                        grant_ttl: self.settings.grant_ttl,
+                        reject_memory: self.settings.reject_memory,
+                    },
                     now,
                 };
                 let approval = self.open(open, &subject, &a.request_id, &verdict.reason, None).await?;
@@ -454,7 +477,11 @@ impl Gate {
                 if let Err(e) = self.audit.append(ev, Durability::Written).await {
                     audit_failed(&e, "approval_refused");
                 }
-                return Err(Refusal::ApprovalRejected { approval_id: a.id, reason: a.reason, decided_by: a.decided_by });
+                return Err(Refusal::ApprovalRejected {
+                    approval_id: a.id,
+                    reason: a.reason,
+                    decided_by: a.decided_by,
+                });
             }
         };
         let ev = Self::decision_event(
@@ -543,7 +570,9 @@ impl Gate {
             Status::Abandoned | Status::Interrupted => {
                 Refusal::ApprovalEnded { approval_id: a.id.clone(), status: status.as_str().to_string() }
             }
-            Status::Pending | Status::Approved => Refusal::ApprovalEnded { approval_id: a.id.clone(), status: status.as_str().into() },
+            Status::Pending | Status::Approved => {
+                Refusal::ApprovalEnded { approval_id: a.id.clone(), status: status.as_str().into() }
+            }
         }
     }
 
@@ -652,10 +681,13 @@ impl Gate {
                         let _ = gate.store.release_grant(id).await;
                     }
                     let refusal = match &e {
-                        crate::upstream::ForwardError::Timeout(_) => {
-                            Refusal::UpstreamTimeout { upstream: upstream.name.clone(), approval_id: approval_id.clone() }
+                        crate::upstream::ForwardError::Timeout(_) => Refusal::UpstreamTimeout {
+                            upstream: upstream.name.clone(),
+                            approval_id: approval_id.clone(),
+                        },
+                        other => {
+                            Refusal::UpstreamUnreachable { upstream: upstream.name.clone(), detail: other.to_string() }
                         }
-                        other => Refusal::UpstreamUnreachable { upstream: upstream.name.clone(), detail: other.to_string() },
                     };
                     (None, e.kind(), Err(refusal))
                 }
@@ -808,7 +840,10 @@ impl Gate {
             }
             Decision::RequireApproval => {
                 let Some(mut plan) = verdict.plan.clone() else {
-                    return Err(Refusal::PolicyDenied { rule: "policy.error".into(), reason: "no approval plan".into() });
+                    return Err(Refusal::PolicyDenied {
+                        rule: "policy.error".into(),
+                        reason: "no approval plan".into(),
+                    });
                 };
                 // The agent's own risk estimate can raise the risk, never lower it.
                 if let Some(r) = a.risk {
@@ -924,7 +959,9 @@ impl Gate {
 
     async fn on_timer(&self, id: &str, kind: TimerKind) {
         let res = match kind {
-            TimerKind::Expire => self.finish(id, Finish::Expired, "expires_after passed without a decision").await.map(|_| ()),
+            TimerKind::Expire => {
+                self.finish(id, Finish::Expired, "expires_after passed without a decision").await.map(|_| ())
+            }
             TimerKind::Escalate => self.escalate(id).await,
         };
         if let Err(e) = res {
@@ -935,11 +972,8 @@ impl Gate {
     async fn escalate(&self, id: &str) -> Result<(), StoreError> {
         let live = self.live();
         let Some(a) = self.store.get(id).await? else { return Ok(()) };
-        let targets: Vec<String> = a
-            .routes
-            .iter()
-            .filter_map(|r| live.routes.get(r).and_then(|rc| rc.escalate_to.clone()))
-            .collect();
+        let targets: Vec<String> =
+            a.routes.iter().filter_map(|r| live.routes.get(r).and_then(|rc| rc.escalate_to.clone())).collect();
         if targets.is_empty() {
             return Ok(());
         }

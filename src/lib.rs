@@ -2,7 +2,8 @@
 //! person to approve, and records every decision in a hash-chained audit log.
 //!
 //! # Layout, in reading order
-//! - [`cli`]: the command line; the only place that reads the environment.
+//! - [`cli`]: the command line; the only place that reads the environment;
+//!   [`demo`]: the self-contained quick start.
 //! - [`config`]: the TOML file, strictly parsed and validated.
 //! - [`app`]: assembly, and serving both listeners.
 //! - [`proxy`]: the agent-facing listener (proxy routes); [`api`]: `request_approval`.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod explain;
 pub mod fingerprint;
 pub mod gate;

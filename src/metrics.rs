@@ -61,14 +61,26 @@ impl Metrics {
         r.register("approvalplane_held_requests", "Requests held open on this replica", held.clone());
         let upstream_latency =
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
-        r.register("approvalplane_upstream_latency_seconds", "Time to the upstream's response headers", upstream_latency.clone());
+        r.register(
+            "approvalplane_upstream_latency_seconds",
+            "Time to the upstream's response headers",
+            upstream_latency.clone(),
+        );
         let upstream_errors = Family::<Labels, Counter>::default();
         r.register("approvalplane_upstream_errors", "Upstream failures by kind", upstream_errors.clone());
         let approval_latency =
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 16)));
-        r.register("approvalplane_approval_latency_seconds", "Time from request to a person's decision", approval_latency.clone());
+        r.register(
+            "approvalplane_approval_latency_seconds",
+            "Time from request to a person's decision",
+            approval_latency.clone(),
+        );
         let approvals_ended = Family::<Labels, Counter>::default();
-        r.register("approvalplane_approvals_ended", "Approvals ended without a person, by status", approvals_ended.clone());
+        r.register(
+            "approvalplane_approvals_ended",
+            "Approvals ended without a person, by status",
+            approvals_ended.clone(),
+        );
         let escalations = Counter::default();
         r.register("approvalplane_escalations", "Approvals escalated", escalations.clone());
         let notifier_errors = Family::<Labels, Counter>::default();
@@ -80,7 +92,11 @@ impl Metrics {
         let audit_healthy = Gauge::default();
         r.register("approvalplane_audit_healthy", "1 when the last audit write succeeded", audit_healthy.clone());
         let audit_batch_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
-        r.register("approvalplane_audit_batch_seconds", "Audit group-commit batch write time", audit_batch_seconds.clone());
+        r.register(
+            "approvalplane_audit_batch_seconds",
+            "Audit group-commit batch write time",
+            audit_batch_seconds.clone(),
+        );
         let refusals = Family::<Labels, Counter>::default();
         r.register("approvalplane_refusals", "Requests refused, by error type", refusals.clone());
         Metrics {
@@ -104,7 +120,9 @@ impl Metrics {
     }
 
     pub fn decision(&self, upstream: &str, decision: &str) {
-        self.decisions.get_or_create(&vec![("upstream", upstream.to_string()), ("decision", decision.to_string())]).inc();
+        self.decisions
+            .get_or_create(&vec![("upstream", upstream.to_string()), ("decision", decision.to_string())])
+            .inc();
     }
 
     pub fn refusal(&self, kind: &'static str) {

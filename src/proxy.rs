@@ -71,7 +71,7 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
 
 /// The agent's token: `Authorization: Bearer|token <t>`, Basic-auth password, or the
 /// upstream's inject header (raw or with a `Bearer ` prefix).
-pub fn presented_token<'a>(headers: &'a HeaderMap, inject_header: Option<&http::HeaderName>) -> Option<String> {
+pub fn presented_token(headers: &HeaderMap, inject_header: Option<&http::HeaderName>) -> Option<String> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
@@ -91,16 +91,17 @@ pub fn presented_token<'a>(headers: &'a HeaderMap, inject_header: Option<&http::
     }
     let h = inject_header?;
     let v = headers.get(h)?.to_str().ok()?.trim();
-    let t = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .unwrap_or(v)
-        .trim();
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
     (!t.is_empty()).then(|| t.to_string())
 }
 
 /// Authenticates the caller of the agent listener.
-pub fn authenticate(gate: &Gate, live: &Live, headers: &HeaderMap, inject_header: Option<&http::HeaderName>) -> Result<String, Refusal> {
+pub fn authenticate(
+    gate: &Gate,
+    live: &Live,
+    headers: &HeaderMap,
+    inject_header: Option<&http::HeaderName>,
+) -> Result<String, Refusal> {
     let token = presented_token(headers, inject_header);
     gate.agent_for(live, token.as_deref()).ok_or(Refusal::AgentUnauthorized)
 }
@@ -138,13 +139,19 @@ fn justification(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
         .map_err(|_| Refusal::MalformedRequest("X-Approval-Justification is not UTF-8".into()))?
         .trim();
     if s.chars().count() > MAX_JUSTIFICATION {
-        return Err(Refusal::MalformedRequest(format!("X-Approval-Justification is longer than {MAX_JUSTIFICATION} characters")));
+        return Err(Refusal::MalformedRequest(format!(
+            "X-Approval-Justification is longer than {MAX_JUSTIFICATION} characters"
+        )));
     }
     Ok((!s.is_empty()).then(|| s.to_string()))
 }
 
 /// The headers that go upstream, names lowercase, in order.
-fn forwardable(headers: &HeaderMap, strip_credentials: bool, inject_header: Option<&http::HeaderName>) -> Result<Vec<(String, String)>, Refusal> {
+fn forwardable(
+    headers: &HeaderMap,
+    strip_credentials: bool,
+    inject_header: Option<&http::HeaderName>,
+) -> Result<Vec<(String, String)>, Refusal> {
     let connection_named: Vec<String> = headers
         .get_all(http::header::CONNECTION)
         .iter()

@@ -26,12 +26,10 @@ const SENSITIVE: &[&str] = &[
 /// Whether a header's value must never be shown. `extra` is the upstream's
 /// `inject_header`, which is a credential by definition.
 pub fn is_sensitive_header(name: &str, extra: Option<&str>) -> bool {
-    SENSITIVE.iter().any(|s| name.eq_ignore_ascii_case(s))
-        || extra.is_some_and(|e| name.eq_ignore_ascii_case(e))
-        || {
-            let l = name.to_ascii_lowercase();
-            l.contains("secret") || l.contains("password") || l.ends_with("-token") || l.ends_with("api-key")
-        }
+    SENSITIVE.iter().any(|s| name.eq_ignore_ascii_case(s)) || extra.is_some_and(|e| name.eq_ignore_ascii_case(e)) || {
+        let l = name.to_ascii_lowercase();
+        l.contains("secret") || l.contains("password") || l.ends_with("-token") || l.ends_with("api-key")
+    }
 }
 
 /// The header value as it may be shown.

@@ -15,20 +15,47 @@ pub enum Refusal {
     MalformedRequest(String),
     MalformedBody(String),
     AgentUnauthorized,
-    PolicyDenied { rule: String, reason: String },
-    ApprovalRejected { approval_id: String, reason: Option<String>, decided_by: Option<String> },
-    ApprovalExpired { approval_id: String },
+    PolicyDenied {
+        rule: String,
+        reason: String,
+    },
+    ApprovalRejected {
+        approval_id: String,
+        reason: Option<String>,
+        decided_by: Option<String>,
+    },
+    ApprovalExpired {
+        approval_id: String,
+    },
     /// Its caller cancelled it, or it was interrupted by a shutdown.
-    ApprovalEnded { approval_id: String, status: String },
+    ApprovalEnded {
+        approval_id: String,
+        status: String,
+    },
     UnknownUpstream(String),
     NotFound(String),
-    ApprovalPending { approval_id: String, status_url: String, retry_after: u64, route: String },
-    ApprovalUsed { approval_id: String },
+    ApprovalPending {
+        approval_id: String,
+        status_url: String,
+        retry_after: u64,
+        route: String,
+    },
+    ApprovalUsed {
+        approval_id: String,
+    },
     IdempotencyConflict,
-    BodyTooLarge { limit: usize },
-    UpstreamUnreachable { upstream: String, detail: String },
+    BodyTooLarge {
+        limit: usize,
+    },
+    UpstreamUnreachable {
+        upstream: String,
+        detail: String,
+    },
     /// The upstream took too long to answer; the request may have been processed.
-    UpstreamTimeout { upstream: String, approval_id: Option<String> },
+    UpstreamTimeout {
+        upstream: String,
+        approval_id: Option<String>,
+    },
     StoreUnavailable,
     AuditUnavailable,
     ShuttingDown,
@@ -216,11 +243,20 @@ mod tests {
             (Refusal::MalformedBody("x".into()), 400, "malformed_body"),
             (Refusal::AgentUnauthorized, 401, "agent_unauthorized"),
             (Refusal::PolicyDenied { rule: "r".into(), reason: "x".into() }, 403, "policy_denied"),
-            (Refusal::ApprovalRejected { approval_id: "a".into(), reason: None, decided_by: None }, 403, "approval_rejected"),
+            (
+                Refusal::ApprovalRejected { approval_id: "a".into(), reason: None, decided_by: None },
+                403,
+                "approval_rejected",
+            ),
             (Refusal::ApprovalExpired { approval_id: "a".into() }, 403, "approval_expired"),
             (Refusal::UnknownUpstream("x".into()), 404, "unknown_upstream"),
             (
-                Refusal::ApprovalPending { approval_id: "a".into(), status_url: "u".into(), retry_after: 5, route: "r".into() },
+                Refusal::ApprovalPending {
+                    approval_id: "a".into(),
+                    status_url: "u".into(),
+                    retry_after: 5,
+                    route: "r".into(),
+                },
                 409,
                 "approval_pending",
             ),
@@ -242,7 +278,12 @@ mod tests {
         }
         let b = Refusal::PolicyDenied { rule: "r1".into(), reason: "x".into() }.body();
         assert_eq!(b["error"]["rule"], "r1");
-        let b = Refusal::ApprovalRejected { approval_id: "a".into(), reason: Some("no".into()), decided_by: Some("bob".into()) }.body();
+        let b = Refusal::ApprovalRejected {
+            approval_id: "a".into(),
+            reason: Some("no".into()),
+            decided_by: Some("bob".into()),
+        }
+        .body();
         assert_eq!((b["error"]["reason"].as_str(), b["error"]["decided_by"].as_str()), (Some("no"), Some("bob")));
     }
 }

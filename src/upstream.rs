@@ -176,8 +176,10 @@ impl Upstream {
         let mut b = Request::builder().method(method).uri(self.uri(&req.path_and_query)?);
         let headers = b.headers_mut().ok_or_else(|| ForwardError::Failed("request builder".into()))?;
         for (k, v) in &req.headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| ForwardError::Failed(format!("bad header {k:?}")))?;
-            let value = HeaderValue::from_str(v).map_err(|_| ForwardError::Failed(format!("bad value for header {k:?}")))?;
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| ForwardError::Failed(format!("bad header {k:?}")))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|_| ForwardError::Failed(format!("bad value for header {k:?}")))?;
             headers.append(name, value);
         }
         headers.insert(HOST, self.host.clone());

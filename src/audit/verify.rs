@@ -174,7 +174,12 @@ impl ChainState {
         let v = parse_strict(line.as_bytes())
             .map_err(|e| self.finding(FindingKind::Unparseable, file, line_no, format!("not a JSON record: {e}")))?;
         if canonical(&v) != line {
-            return Err(self.finding(FindingKind::NonCanonical, file, line_no, "the line is not in canonical (JCS) form"));
+            return Err(self.finding(
+                FindingKind::NonCanonical,
+                file,
+                line_no,
+                "the line is not in canonical (JCS) form",
+            ));
         }
         let field = |k: &str| v.get(k);
         let str_field = |k: &str| field(k).and_then(Value::as_str);
@@ -187,7 +192,12 @@ impl ChainState {
             str_field("prev"),
             str_field("hash"),
         ) else {
-            return Err(self.finding(FindingKind::Unparseable, file, line_no, "missing one of v, chain, seq, ts, kind, prev, hash"));
+            return Err(self.finding(
+                FindingKind::Unparseable,
+                file,
+                line_no,
+                "missing one of v, chain, seq, ts, kind, prev, hash",
+            ));
         };
         if ver != VERSION {
             return Err(self.finding(FindingKind::UnknownVersion, file, line_no, format!("v is {ver}")));
@@ -196,7 +206,8 @@ impl ChainState {
             return Err(self.finding(FindingKind::WrongChain, file, line_no, format!("record of chain {chain}")));
         }
         if seq != self.expected_seq {
-            let what = if seq > self.expected_seq { "records are missing" } else { "a record is repeated or out of order" };
+            let what =
+                if seq > self.expected_seq { "records are missing" } else { "a record is repeated or out of order" };
             return Err(self.finding(FindingKind::SequenceGap, file, line_no, format!("found seq {seq}: {what}")));
         }
         if prev != self.prev {
@@ -219,10 +230,7 @@ impl ChainState {
 }
 
 /// Calls `visit` for every intact record of `path`, verifying as it goes.
-pub fn verify_with(
-    path: &Path,
-    mut visit: impl FnMut(&Value),
-) -> Result<Report, VerifyError> {
+pub fn verify_with(path: &Path, mut visit: impl FnMut(&Value)) -> Result<Report, VerifyError> {
     let chains = chain_files(path)?;
     if chains.is_empty() {
         return Err(VerifyError::Empty(path.to_path_buf()));
@@ -270,7 +278,12 @@ pub fn verify_with(
         'files: for (fi, (name_seq, f)) in files.into_iter().enumerate() {
             if name_seq != st.expected_seq && !(fi == 0 && st.prev.is_empty()) {
                 let kind = if name_seq > st.expected_seq { FindingKind::SequenceGap } else { FindingKind::BadFileName };
-                report.findings.push(st.finding(kind, &f, 0, format!("file starts at seq {name_seq}: a file is missing or misnamed")));
+                report.findings.push(st.finding(
+                    kind,
+                    &f,
+                    0,
+                    format!("file starts at seq {name_seq}: a file is missing or misnamed"),
+                ));
                 break;
             }
             let fh = File::open(&f).map_err(|source| VerifyError::Read { path: f.clone(), source })?;
@@ -279,7 +292,8 @@ pub fn verify_with(
             let mut line_no = 0u64;
             loop {
                 buf.clear();
-                let n = r.read_until(b'\n', &mut buf).map_err(|source| VerifyError::Read { path: f.clone(), source })?;
+                let n =
+                    r.read_until(b'\n', &mut buf).map_err(|source| VerifyError::Read { path: f.clone(), source })?;
                 if n == 0 {
                     break;
                 }
@@ -291,7 +305,12 @@ pub fn verify_with(
                             f.display()
                         ));
                     } else {
-                        report.findings.push(st.finding(FindingKind::TornMiddle, &f, line_no, "a fragment without a newline before later files"));
+                        report.findings.push(st.finding(
+                            FindingKind::TornMiddle,
+                            &f,
+                            line_no,
+                            "a fragment without a newline before later files",
+                        ));
                     }
                     break 'files;
                 }

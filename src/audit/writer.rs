@@ -91,7 +91,7 @@ impl AuditHealth {
 }
 
 enum Msg {
-    Record { event: Event, durability: Durability, ack: Option<oneshot::Sender<Result<u64, AuditError>>> },
+    Record { event: Box<Event>, durability: Durability, ack: Option<oneshot::Sender<Result<u64, AuditError>>> },
     Close { ack: oneshot::Sender<()> },
 }
 
@@ -154,7 +154,8 @@ fn create_file(dir: &Path, chain: &str, first_seq: u64) -> std::io::Result<Chain
 impl Writer {
     fn seal(&mut self, event: &Event) -> String {
         let ts = self.clock.now().rfc3339();
-        let (line, hash) = seal(&Header { chain: &self.chain, seq: self.seq, ts: &ts, prev: &self.prev }, event.fields());
+        let (line, hash) =
+            seal(&Header { chain: &self.chain, seq: self.seq, ts: &ts, prev: &self.prev }, event.fields());
         self.seq += 1;
         self.prev = hash;
         line
@@ -181,7 +182,8 @@ impl Writer {
             buf.push_str(&self.seal(e));
             buf.push('\n');
         }
-        let res = self.cur.file.write_all(buf.as_bytes()).and_then(|_| if sync { self.cur.file.sync_data() } else { Ok(()) });
+        let res =
+            self.cur.file.write_all(buf.as_bytes()).and_then(|_| if sync { self.cur.file.sync_data() } else { Ok(()) });
         match res {
             Ok(()) => {
                 self.cur.len += buf.len() as u64;
@@ -220,7 +222,7 @@ impl Writer {
             }
             let sync = records.iter().any(|(_, d, _)| *d == Durability::Synced);
             let start = Instant::now();
-            let events: Vec<&Event> = records.iter().map(|(e, _, _)| e).collect();
+            let events: Vec<&Event> = records.iter().map(|(e, _, _)| e.as_ref()).collect();
             let res = self.write_batch(&events, sync);
             self.health.last_batch_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
             match res {
@@ -301,14 +303,14 @@ impl AuditLog {
     pub async fn append(&self, event: Event, durability: Durability) -> Result<u64, AuditError> {
         if durability == Durability::Queued {
             self.tx
-                .send(Msg::Record { event, durability, ack: None })
+                .send(Msg::Record { event: Box::new(event), durability, ack: None })
                 .await
                 .map_err(|_| AuditError::Closed)?;
             return Ok(0);
         }
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record { event, durability, ack: Some(ack) })
+            .send(Msg::Record { event: Box::new(event), durability, ack: Some(ack) })
             .await
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
@@ -361,7 +363,10 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
         log.close().await;
-        assert!(log.append(Event::Shutdown { reason: "x".into(), interrupted: vec![] }, Durability::Written).await.is_err());
+        assert!(log
+            .append(Event::Shutdown { reason: "x".into(), interrupted: vec![] }, Durability::Written)
+            .await
+            .is_err());
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(files.len() > 1, "rotated");
         let report = crate::audit::verify::verify_path(dir.path()).unwrap();

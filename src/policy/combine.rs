@@ -171,9 +171,8 @@ fn plan(elems: &[Elem<'_>], known_routes: &BTreeSet<String>) -> Result<ApprovalP
         }
         let risk = match e.obj.get("risk") {
             None | Some(Value::Null) => Risk::Medium,
-            Some(Value::String(s)) => {
-                Risk::parse(s).ok_or_else(|| format!("approval {:?}: risk {s:?} is not low, medium, high or critical", e.id))?
-            }
+            Some(Value::String(s)) => Risk::parse(s)
+                .ok_or_else(|| format!("approval {:?}: risk {s:?} is not low, medium, high or critical", e.id))?,
             Some(v) => return Err(format!("approval {:?}: risk {v} is not a string", e.id)),
         };
         if !risk_set || risk > p.risk {
@@ -224,7 +223,12 @@ fn plan(elems: &[Elem<'_>], known_routes: &BTreeSet<String>) -> Result<ApprovalP
 }
 
 /// Combines the rule output into a verdict.
-pub fn combine(sets: &RuleSets, default: DefaultDecision, mode: PolicyMode, known_routes: &BTreeSet<String>) -> Verdict {
+pub fn combine(
+    sets: &RuleSets,
+    default: DefaultDecision,
+    mode: PolicyMode,
+    known_routes: &BTreeSet<String>,
+) -> Verdict {
     match try_combine(sets, default, mode, known_routes) {
         Ok(v) => v,
         Err(e) => Verdict::error(e),
@@ -271,10 +275,7 @@ fn try_combine(
         Decision::Allow => &allow,
     };
     let (rule_ids, reason) = if behind.is_empty() {
-        (
-            vec![DEFAULT_RULE.to_string()],
-            format!("no rule matched; policy.default is {}", matched.as_str()),
-        )
+        (vec![DEFAULT_RULE.to_string()], format!("no rule matched; policy.default is {}", matched.as_str()))
     } else {
         (behind.iter().map(|e| e.id.to_string()).collect(), behind[0].reason.to_string())
     };
@@ -323,9 +324,14 @@ mod tests {
     fn precedence() {
         let allow = json!({"id": "a", "reason": "ok"});
         let deny = json!({"id": "d", "reason": "no"});
-        let v = run(RuleSets { deny: vec![deny.clone()], approval: vec![appr("p", json!({}))], allow: vec![allow.clone()] });
+        let v = run(RuleSets {
+            deny: vec![deny.clone()],
+            approval: vec![appr("p", json!({}))],
+            allow: vec![allow.clone()],
+        });
         assert_eq!((v.decision, v.deny_rule()), (Decision::Deny, "d"));
-        let v = run(RuleSets { approval: vec![appr("p", json!({}))], allow: vec![allow.clone()], ..Default::default() });
+        let v =
+            run(RuleSets { approval: vec![appr("p", json!({}))], allow: vec![allow.clone()], ..Default::default() });
         assert_eq!(v.decision, Decision::RequireApproval);
         let v = run(RuleSets { allow: vec![allow], ..Default::default() });
         assert_eq!((v.decision, v.rule_ids.clone()), (Decision::Allow, vec!["a".to_string()]));
@@ -339,10 +345,16 @@ mod tests {
     fn approval_elements_merge() {
         let v = run(RuleSets {
             approval: vec![
-                appr("one", json!({"risk": "medium", "escalate_after": "30m", "expires_after": "2h", "quorum": 1,
-                                   "summary": {"amount": "$2,400.00", "customer": "cus_1"}, "action": "issue_refund"})),
-                appr("two", json!({"route": "finance-leads", "risk": "high", "escalate_after": "15m", "expires_after": "1h",
-                                   "quorum": 2, "summary": {"amount": "ignored", "n": 3}, "action": "other"})),
+                appr(
+                    "one",
+                    json!({"risk": "medium", "escalate_after": "30m", "expires_after": "2h", "quorum": 1,
+                                   "summary": {"amount": "$2,400.00", "customer": "cus_1"}, "action": "issue_refund"}),
+                ),
+                appr(
+                    "two",
+                    json!({"route": "finance-leads", "risk": "high", "escalate_after": "15m", "expires_after": "1h",
+                                   "quorum": 2, "summary": {"amount": "ignored", "n": 3}, "action": "other"}),
+                ),
                 appr("three", json!({})),
             ],
             ..Default::default()
@@ -354,7 +366,10 @@ mod tests {
         assert_eq!(p.escalate_after, Some(Duration::from_secs(900)));
         assert_eq!(p.expires_after, Some(Duration::from_secs(3600)));
         assert_eq!(p.quorum, 2);
-        assert_eq!(p.summary, json!({"amount": "$2,400.00", "customer": "cus_1", "n": "3"}).as_object().unwrap().clone());
+        assert_eq!(
+            p.summary,
+            json!({"amount": "$2,400.00", "customer": "cus_1", "n": "3"}).as_object().unwrap().clone()
+        );
         assert_eq!(p.rule_ids, ["one", "two", "three"]);
         assert_eq!(p.action.as_deref(), Some("issue_refund"));
     }
@@ -373,7 +388,11 @@ mod tests {
             appr("r", json!({"mode": "loud"})),
         ];
         for b in bad {
-            let v = run(RuleSets { approval: vec![b.clone()], allow: vec![json!({"id": "a", "reason": "ok"})], ..Default::default() });
+            let v = run(RuleSets {
+                approval: vec![b.clone()],
+                allow: vec![json!({"id": "a", "reason": "ok"})],
+                ..Default::default()
+            });
             assert_eq!(v.decision, Decision::Deny, "{b}");
             assert!(v.error.is_some(), "{b}");
             assert_eq!(v.deny_rule(), ERROR_RULE);
@@ -390,7 +409,8 @@ mod tests {
         assert_eq!((v.decision, v.matched), (Decision::Allow, Decision::RequireApproval));
         assert!(v.shadowed());
         assert_eq!(v.rule_ids, ["p"]);
-        let v = run(RuleSets { deny: vec![json!({"id": "d", "reason": "no", "mode": "shadow"})], ..Default::default() });
+        let v =
+            run(RuleSets { deny: vec![json!({"id": "d", "reason": "no", "mode": "shadow"})], ..Default::default() });
         assert_eq!((v.decision, v.matched), (Decision::Deny, Decision::Deny), "default deny still applies");
         let v = combine(
             &RuleSets { deny: vec![json!({"id": "d", "reason": "no"})], ..Default::default() },

@@ -85,8 +85,8 @@ pub fn parse_body(headers: &[(String, String)], body: &[u8]) -> Result<Value, In
         return parse_strict(body).map_err(|e| InputError::Body(format!("body is not valid JSON: {e}")));
     }
     if is_form {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| InputError::Body("form body is not valid UTF-8".to_string()))?;
+        let text =
+            std::str::from_utf8(body).map_err(|_| InputError::Body("form body is not valid UTF-8".to_string()))?;
         return qs::parse(text).map_err(|e| InputError::Body(format!("form body: {e}")));
     }
     Ok(Value::Null)
@@ -155,11 +155,7 @@ fn body_text(body: &[u8]) -> (String, bool, Option<&'static str>) {
         }
         Err(_) => {
             let cut = &body[..body.len().min(MAX_BODY_TEXT)];
-            (
-                base64::engine::general_purpose::STANDARD.encode(cut),
-                cut.len() < body.len(),
-                Some("base64"),
-            )
+            (base64::engine::general_purpose::STANDARD.encode(cut), cut.len() < body.len(), Some("base64"))
         }
     }
 }
@@ -232,10 +228,8 @@ mod tests {
 
     #[test]
     fn the_contract_example() {
-        let headers = h(&[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("authorization", "Bearer sk_live_x"),
-        ]);
+        let headers =
+            h(&[("content-type", "application/x-www-form-urlencoded"), ("authorization", "Bearer sk_live_x")]);
         let body = b"charge=ch_1&amount=240000&metadata[order]=6735";
         let doc = http_input(&view(&headers, body, Some("expand[]=charge")), Timestamp(1_795_466_193_000)).unwrap();
         assert_eq!(doc["kind"], "http");
@@ -258,7 +252,8 @@ mod tests {
         let json_ct = h(&[("content-type", "application/json; charset=utf-8")]);
         let gz = h(&[("content-type", "application/json"), ("content-encoding", "gzip")]);
         let latin = h(&[("content-type", "application/json; charset=latin1")]);
-        let bad: [(&[(String, String)], &[u8]); 5] = [
+        type Case<'a> = (&'a [(String, String)], &'a [u8]);
+        let bad: [Case; 5] = [
             (&form, b"amount=100&amount=999999"),
             (&json_ct, br#"{"amount":100,"amount":999999}"#),
             (&json_ct, b"{not json"),

@@ -117,9 +117,8 @@ pub fn build_engine(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String)
         let rel = f.strip_prefix(&src.rules_dir).unwrap_or(f);
         hasher.update(format!("file {} {}\n", rel.display(), text.len()).as_bytes());
         hasher.update(text.as_bytes());
-        let package = engine
-            .add_policy(f.display().to_string(), text)
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let package =
+            engine.add_policy(f.display().to_string(), text).map_err(|e| PolicyError::Compile(e.to_string()))?;
         let package = package.trim_start_matches("data.").to_string();
         let is_test = f.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with("_test"));
         let expected = if is_test { TEST_PACKAGE } else { PACKAGE };
@@ -169,9 +168,7 @@ impl PolicyBundle {
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
         // Compile now so semantic errors (unknown functions, bad references) fail the
         // load, not the first request.
-        engine
-            .compile_with_entrypoint(&ENTRY_RULE.into())
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        engine.compile_with_entrypoint(&ENTRY_RULE.into()).map_err(|e| PolicyError::Compile(e.to_string()))?;
         Ok(PolicyBundle { hash, files, template: engine, pool: Mutex::new(Vec::new()), default, mode, routes })
     }
 
@@ -276,7 +273,8 @@ allow contains {"id": "get", "reason": "reads are fine"} if input.request.method
 
     #[test]
     fn invalid_rego_names_file_and_line() {
-        let e = bundle(&[("broken.rego", "package approvalplane\n\nallow contains x if {\n  input.a ==\n}\n")]).unwrap_err();
+        let e = bundle(&[("broken.rego", "package approvalplane\n\nallow contains x if {\n  input.a ==\n}\n")])
+            .unwrap_err();
         let s = e.to_string();
         assert!(s.contains("broken.rego:"), "{s}");
     }

@@ -138,12 +138,12 @@ fn split_key(key: &str) -> Result<(String, Vec<Seg>), QsError> {
     Ok((head.to_string(), segs))
 }
 
-fn new_node(key: &str, rest: &[Seg], val: String) -> Result<Node, QsError> {
+fn new_node(rest: &[Seg], val: String) -> Result<Node, QsError> {
     match rest.first() {
         None => Ok(Node::Leaf(val)),
-        Some(Seg::Key(k)) => Ok(Node::Obj(vec![(k.clone(), new_node(key, &rest[1..], val)?)])),
-        Some(Seg::Push) => Ok(Node::Pushed(vec![new_node(key, &rest[1..], val)?])),
-        Some(Seg::Index(i)) => Ok(Node::Indexed(vec![(*i, new_node(key, &rest[1..], val)?)])),
+        Some(Seg::Key(k)) => Ok(Node::Obj(vec![(k.clone(), new_node(&rest[1..], val)?)])),
+        Some(Seg::Push) => Ok(Node::Pushed(vec![new_node(&rest[1..], val)?])),
+        Some(Seg::Index(i)) => Ok(Node::Indexed(vec![(*i, new_node(&rest[1..], val)?)])),
     }
 }
 
@@ -156,7 +156,7 @@ fn insert_obj(
 ) -> Result<(), QsError> {
     match entries.iter_mut().find(|(k, _)| *k == name) {
         None => {
-            entries.push((name, new_node(key, rest, val)?));
+            entries.push((name, new_node(rest, val)?));
             Ok(())
         }
         Some((_, node)) => insert_node(node, key, rest, val),
@@ -170,21 +170,19 @@ fn insert_node(node: &mut Node, key: &str, rest: &[Seg], val: String) -> Result<
         (Node::Obj(entries), Some(Seg::Key(k))) => insert_obj(entries, key, k.clone(), &rest[1..], val),
         (Node::Pushed(items), Some(Seg::Push)) => {
             // `a[]=1&a[]=2` appends; `a[][b]=1` starts a new element each time.
-            items.push(new_node(key, &rest[1..], val)?);
+            items.push(new_node(&rest[1..], val)?);
             if items.len() > MAX_INDEX {
                 return Err(QsError::TooMany);
             }
             Ok(())
         }
-        (Node::Indexed(items), Some(Seg::Index(i))) => {
-            match items.iter_mut().find(|(n, _)| n == i) {
-                Some((_, child)) => insert_node(child, key, &rest[1..], val),
-                None => {
-                    items.push((*i, new_node(key, &rest[1..], val)?));
-                    Ok(())
-                }
+        (Node::Indexed(items), Some(Seg::Index(i))) => match items.iter_mut().find(|(n, _)| n == i) {
+            Some((_, child)) => insert_node(child, key, &rest[1..], val),
+            None => {
+                items.push((*i, new_node(&rest[1..], val)?));
+                Ok(())
             }
-        }
+        },
         (Node::Pushed(_), Some(Seg::Index(_))) | (Node::Indexed(_), Some(Seg::Push)) => {
             Err(QsError::BadIndex(key.to_string()))
         }
@@ -231,8 +229,10 @@ mod tests {
             ("metadata[order]=6735", json!({"metadata": {"order": "6735"}})),
             ("expand[]=charge&expand[]=customer", json!({"expand": ["charge", "customer"]})),
             ("expand[0]=charge&expand[1]=customer", json!({"expand": ["charge", "customer"]})),
-            ("items[0][price]=p_1&items[0][quantity]=2&items[1][price]=p_2",
-             json!({"items": [{"price": "p_1", "quantity": "2"}, {"price": "p_2"}]})),
+            (
+                "items[0][price]=p_1&items[0][quantity]=2&items[1][price]=p_2",
+                json!({"items": [{"price": "p_1", "quantity": "2"}, {"price": "p_2"}]}),
+            ),
             ("a=hello+world&b=%E2%82%AC%26", json!({"a": "hello world", "b": "€&"})),
             ("flag&x=", json!({"flag": "", "x": ""})),
             ("", json!({})),

@@ -111,7 +111,10 @@ async fn decide_happens_once<S: ApprovalStore>(s: S) {
     assert_eq!(d.approvals, ["alice"]);
     let again = s.decide(&a.id, vote("bob", Verdict::Reject, T0)).await.unwrap();
     assert!(matches!(again, DecideOutcome::AlreadyFinal(ref x) if x.status == Status::Approved), "{again:?}");
-    assert_eq!(s.decide("apr_00000000000000000000", vote("a", Verdict::Approve, T0)).await.unwrap(), DecideOutcome::NotFound);
+    assert_eq!(
+        s.decide("apr_00000000000000000000", vote("a", Verdict::Approve, T0)).await.unwrap(),
+        DecideOutcome::NotFound
+    );
 }
 
 async fn quorum_counts_distinct_approvers<S: ApprovalStore>(s: S) {
@@ -168,7 +171,10 @@ async fn finish_and_escalate<S: ApprovalStore>(s: S) {
     let e = s.finish(&a.id, Finish::Expired, T0).await.unwrap().unwrap();
     assert_eq!(e.status, Status::Expired);
     assert!(s.finish(&a.id, Finish::Abandoned, T0).await.unwrap().is_none());
-    assert!(matches!(s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap(), DecideOutcome::AlreadyFinal(_)));
+    assert!(matches!(
+        s.decide(&a.id, vote("alice", Verdict::Approve, T0)).await.unwrap(),
+        DecideOutcome::AlreadyFinal(_)
+    ));
     // After an expiry an identical request starts a new approval.
     assert!(matches!(s.open(open_req("fp", 1, T0)).await.unwrap(), Opened::Created(_)));
 }
@@ -204,7 +210,9 @@ async fn ask_reuse_returns_decided<S: ApprovalStore>(s: S) {
     };
     let Opened::Created(a) = s.open(ask(T0)).await.unwrap() else { panic!() };
     s.decide(&a.id, vote("bob", Verdict::Reject, T0)).await.unwrap();
-    assert!(matches!(s.open(ask(T0)).await.unwrap(), Opened::Attached(ref x) if x.id == a.id && x.status == Status::Rejected));
+    assert!(
+        matches!(s.open(ask(T0)).await.unwrap(), Opened::Attached(ref x) if x.id == a.id && x.status == Status::Rejected)
+    );
     assert!(matches!(s.open(ask(T0.plus(TTL))).await.unwrap(), Opened::Created(_)));
 }
 

@@ -11,8 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ApprovalStore, Claim, DecideOutcome, Finish, ListQuery, OpenRequest, Opened, Page, Reuse, StoreError, Vote,
-    Waiters,
+    ApprovalStore, Claim, DecideOutcome, Finish, ListQuery, OpenRequest, Opened, Page, Reuse, StoreError, Vote, Waiters,
 };
 use crate::approval::{Approval, Status, StoredRequest, Verdict};
 use crate::clock::Timestamp;

@@ -52,7 +52,9 @@ async fn approvers_see_and_decide_only_their_routes_and_bulk_decisions() {
     let eng = post(&app, "/v1/deploys").await.json()["error"]["approval_id"].as_str().unwrap().to_string();
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(post(&app, &format!("/v1/bulk/{i}")).await.json()["error"]["approval_id"].as_str().unwrap().to_string());
+        ids.push(
+            post(&app, &format!("/v1/bulk/{i}")).await.json()["error"]["approval_id"].as_str().unwrap().to_string(),
+        );
     }
     // Alice (finance) sees the three bulk ones, oldest first; carol (eng) sees the deploy.
     let list = |token: &'static str| {
@@ -65,7 +67,13 @@ async fn approvers_see_and_decide_only_their_routes_and_bulk_decisions() {
     assert!(alice["next"].is_null());
     let carol = list(CAROL).await;
     assert_eq!(carol["approvals"].as_array().unwrap().len(), 1);
-    let g = call("GET", &format!("{}/v1/admin/approvals/{eng}", app.control), &[("authorization", &format!("Bearer {ALICE}"))], "").await;
+    let g = call(
+        "GET",
+        &format!("{}/v1/admin/approvals/{eng}", app.control),
+        &[("authorization", &format!("Bearer {ALICE}"))],
+        "",
+    )
+    .await;
     assert_eq!(g.status, 403);
     assert_eq!(app.decide(ALICE, &eng, "approve", None).await.status, 403);
     // Bulk: alice rejects her three and, in the same call, tries the deploy.
@@ -80,7 +88,8 @@ async fn approvers_see_and_decide_only_their_routes_and_bulk_decisions() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let statuses: Vec<u64> = r.json()["results"].as_array().unwrap().iter().map(|x| x["status"].as_u64().unwrap()).collect();
+    let statuses: Vec<u64> =
+        r.json()["results"].as_array().unwrap().iter().map(|x| x["status"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [200, 200, 200, 403]);
     assert!(list(ALICE).await["approvals"].as_array().unwrap().is_empty());
     assert_eq!(list(CAROL).await["approvals"].as_array().unwrap().len(), 1);
@@ -121,7 +130,13 @@ deny contains {"id": "api.never", "reason": "never delete everything"} if input.
     let ask = |body: serde_json::Value| {
         let url = format!("{}/v1/approvals", app.agent);
         async move {
-            call("POST", &url, &[("authorization", "Bearer agent-token-1"), ("content-type", "application/json")], &body.to_string()).await
+            call(
+                "POST",
+                &url,
+                &[("authorization", "Bearer agent-token-1"), ("content-type", "application/json")],
+                &body.to_string(),
+            )
+            .await
         }
     };
     let small = ask(serde_json::json!({"action": "issue_refund", "payload": {"amount": 20.0}})).await;
@@ -145,7 +160,12 @@ deny contains {"id": "api.never", "reason": "never delete everything"} if input.
     assert_eq!((again["id"].as_str(), again["status"].as_str()), (Some(id.as_str()), Some("rejected")));
     assert_eq!(again["reason"], "not a duplicate");
     // Bad input.
-    for bad in [serde_json::json!({}), serde_json::json!({"action": ""}), serde_json::json!({"action": "x", "risk": "extreme"}), serde_json::json!({"action": "x", "paylod": 1})] {
+    for bad in [
+        serde_json::json!({}),
+        serde_json::json!({"action": ""}),
+        serde_json::json!({"action": "x", "risk": "extreme"}),
+        serde_json::json!({"action": "x", "paylod": 1}),
+    ] {
         let r = ask(bad.clone()).await;
         assert_eq!(r.status, 400, "{bad}");
     }

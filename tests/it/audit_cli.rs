@@ -35,11 +35,23 @@ async fn the_log_of_a_run_verifies_and_tampering_is_detected() {
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
         .collect();
-    for k in ["genesis", "policy_loaded", "decision", "forwarded", "approval_requested", "approval_decided", "grant_used", "shutdown"] {
+    for k in [
+        "genesis",
+        "policy_loaded",
+        "decision",
+        "forwarded",
+        "approval_requested",
+        "approval_decided",
+        "grant_used",
+        "shutdown",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "a {k} record: {kinds:?}");
     }
     let all = orig.join("\n");
-    assert!(!all.contains(UPSTREAM_SECRET) && !all.contains("sk_live") && !all.contains(AGENT_TOKEN), "no secrets in the log");
+    assert!(
+        !all.contains(UPSTREAM_SECRET) && !all.contains("sk_live") && !all.contains(AGENT_TOKEN),
+        "no secrets in the log"
+    );
     for l in &orig {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         for k in ["v", "chain", "seq", "ts", "kind", "prev", "hash"] {
@@ -49,18 +61,55 @@ async fn the_log_of_a_run_verifies_and_tampering_is_detected() {
     // Each tampering is detected, naming the finding.
     let mid = orig.len() / 2;
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
-        ("flipped byte", {
-            let mut v = orig.clone();
-            v[mid] = v[mid].replacen("\"decision\"", "\"decisioN\"", 1).replacen("\"forwarded\"", "\"forwardeD\"", 1);
-            if v[mid] == orig[mid] {
-                v[mid] = v[mid].replacen("1", "2", 1);
-            }
-            v
-        }, "hash mismatch"),
-        ("deleted record", { let mut v = orig.clone(); v.remove(mid); v }, "sequence gap"),
-        ("swapped records", { let mut v = orig.clone(); v.swap(mid, mid + 1); v }, "sequence gap"),
-        ("inserted record", { let mut v = orig.clone(); v.insert(mid, orig[mid].clone()); v }, "sequence gap"),
-        ("reformatted", { let mut v = orig.clone(); v[mid] = v[mid].replacen(",", ", ", 1); v }, "non-canonical"),
+        (
+            "flipped byte",
+            {
+                let mut v = orig.clone();
+                v[mid] =
+                    v[mid].replacen("\"decision\"", "\"decisioN\"", 1).replacen("\"forwarded\"", "\"forwardeD\"", 1);
+                if v[mid] == orig[mid] {
+                    v[mid] = v[mid].replacen("1", "2", 1);
+                }
+                v
+            },
+            "hash mismatch",
+        ),
+        (
+            "deleted record",
+            {
+                let mut v = orig.clone();
+                v.remove(mid);
+                v
+            },
+            "sequence gap",
+        ),
+        (
+            "swapped records",
+            {
+                let mut v = orig.clone();
+                v.swap(mid, mid + 1);
+                v
+            },
+            "sequence gap",
+        ),
+        (
+            "inserted record",
+            {
+                let mut v = orig.clone();
+                v.insert(mid, orig[mid].clone());
+                v
+            },
+            "sequence gap",
+        ),
+        (
+            "reformatted",
+            {
+                let mut v = orig.clone();
+                v[mid] = v[mid].replacen(",", ", ", 1);
+                v
+            },
+            "non-canonical",
+        ),
     ];
     for (name, tampered, finding) in cases {
         write(&file, &tampered);

@@ -33,7 +33,11 @@ fn invalid_rego_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = config(dir.path(), "");
     std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/bad.rego"), "package approvalplane\n\nallow contains x if {\n    input.a ==\n}\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules/bad.rego"),
+        "package approvalplane\n\nallow contains x if {\n    input.a ==\n}\n",
+    )
+    .unwrap();
     let (code, _, err) = run_bin(&["config", "check", "--config", p.to_str().unwrap()]);
     assert_eq!(code, 64);
     assert!(err.contains("bad.rego:"), "{err}");
@@ -61,7 +65,11 @@ fn shipped_rules_pass_their_tests() {
 #[test]
 fn rules_test_reports_failures_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("x.rego"), "package approvalplane\nallow contains {\"id\": \"a\", \"reason\": \"r\"} if input.ok\n").unwrap();
+    std::fs::write(
+        dir.path().join("x.rego"),
+        "package approvalplane\nallow contains {\"id\": \"a\", \"reason\": \"r\"} if input.ok\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("x_test.rego"),
         "package approvalplane_test\nimport data.approvalplane\ntest_ok if count(approvalplane.allow) == 1 with input as {\"ok\": true}\ntest_bad if count(approvalplane.allow) == 1 with input as {\"ok\": false}\n",

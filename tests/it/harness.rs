@@ -11,7 +11,6 @@ use std::time::Duration;
 use approvalplane::app::App;
 use approvalplane::clock::{Clock, SystemClock};
 use approvalplane::config::{Config, MapEnv};
-use approvalplane::gate::Gate;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -158,10 +157,7 @@ pub fn test_pki() -> TestPki {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .unwrap();
     TestPki { ca_pem: ca.pem(), server: Arc::new(server) }
 }
@@ -171,7 +167,6 @@ pub struct TestApp {
     pub agent: String,
     pub control: String,
     pub dir: tempfile::TempDir,
-    pub gate: Arc<Gate>,
     stop: Option<tokio::sync::oneshot::Sender<String>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -320,7 +315,6 @@ path = "audit"
         ]));
         let (secrets, _) = cfg.resolve_secrets(&env).unwrap();
         let app = App::build(cfg, secrets, o.clock.clone(), "test").await.unwrap();
-        let gate = app.gate.clone();
         let agent_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let control_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent = format!("http://{}", agent_l.local_addr().unwrap());
@@ -329,7 +323,7 @@ path = "audit"
         let task = tokio::spawn(async move {
             app.serve(agent_l, control_l, async move { rx.await.unwrap_or_else(|_| "dropped".into()) }).await.unwrap();
         });
-        TestApp { agent, control, dir, gate, stop: Some(tx), task: Some(task) }
+        TestApp { agent, control, dir, stop: Some(tx), task: Some(task) }
     }
 
     pub fn audit_dir(&self) -> PathBuf {
@@ -347,7 +341,13 @@ path = "audit"
 
     /// Pending approvals as alice sees them.
     pub async fn pending(&self) -> Vec<Value> {
-        let r = call("GET", &format!("{}/v1/admin/approvals?status=pending", self.control), &[("authorization", &format!("Bearer {ALICE}"))], "").await;
+        let r = call(
+            "GET",
+            &format!("{}/v1/admin/approvals?status=pending", self.control),
+            &[("authorization", &format!("Bearer {ALICE}"))],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()["approvals"].as_array().unwrap().clone()
     }
@@ -377,10 +377,8 @@ path = "audit"
 
     /// A refund through the proxy as the support agent.
     pub async fn refund(&self, amount: u64, extra: &[(&str, &str)]) -> Reply {
-        let mut h: Vec<(&str, &str)> = vec![
-            ("authorization", "Bearer agent-token-1"),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ];
+        let mut h: Vec<(&str, &str)> =
+            vec![("authorization", "Bearer agent-token-1"), ("content-type", "application/x-www-form-urlencoded")];
         h.extend_from_slice(extra);
         call("POST", &format!("{}/stripe/v1/refunds", self.agent), &h, &format!("charge=ch_1&amount={amount}")).await
     }

@@ -48,9 +48,19 @@ async fn allowed_request_is_forwarded_byte_for_byte_with_the_credential_injected
 
 #[tokio::test]
 async fn streaming_responses_are_relayed() {
-    let up = FakeUpstream::start_with(None, Arc::new(|_r: &Received| streaming_response(vec!["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"]))).await;
+    let up = FakeUpstream::start_with(
+        None,
+        Arc::new(|_r: &Received| streaming_response(vec!["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"])),
+    )
+    .await;
     let app = TestApp::start(Options::new(&up)).await;
-    let r = call("GET", &format!("{}/stripe/v1/events/stream", app.agent), &[("authorization", "Bearer agent-token-1")], "").await;
+    let r = call(
+        "GET",
+        &format!("{}/stripe/v1/events/stream", app.agent),
+        &[("authorization", "Bearer agent-token-1")],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "data: 1\n\ndata: 2\n\ndata: 3\n\n");
     assert_eq!(r.headers.get("content-type").unwrap(), "text/event-stream");
@@ -73,7 +83,13 @@ async fn denied_request_never_reaches_the_upstream() {
     assert_eq!(e["error"]["rule"], "stripe.payouts.blocked");
     assert!(e["error"]["message"].as_str().unwrap().contains("payouts are not allowed"));
     // No rule matched: the default (deny).
-    let r = call("DELETE", &format!("{}/stripe/v1/customers/cus_1", app.agent), &[("authorization", "Bearer agent-token-1")], "").await;
+    let r = call(
+        "DELETE",
+        &format!("{}/stripe/v1/customers/cus_1", app.agent),
+        &[("authorization", "Bearer agent-token-1")],
+        "",
+    )
+    .await;
     assert_eq!((r.status, r.json()["error"]["rule"].as_str()), (403, Some("policy.default")));
     assert_eq!(up.count(), 0);
 }
@@ -88,14 +104,21 @@ async fn bad_input_gets_a_clear_error_and_nothing_is_forwarded() {
     let form = ("content-type", "application/x-www-form-urlencoded");
     let json = ("content-type", "application/json");
     let url = format!("{}/stripe/v1/refunds", app.agent);
-    let cases: Vec<(Vec<(&str, &str)>, String, &str, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, String, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![auth, form], "amount=100&amount=999999".into(), "/stripe/v1/refunds", 400, "malformed_body"),
         (vec![auth, json], r#"{"amount":100,"amount":999999}"#.into(), "/stripe/v1/refunds", 400, "malformed_body"),
         (vec![auth, form, ("content-encoding", "gzip")], "x".into(), "/stripe/v1/refunds", 400, "malformed_body"),
         (vec![auth, json], "{not json".into(), "/stripe/v1/refunds", 400, "malformed_body"),
         (vec![auth, form], format!("amount=1&pad={}", "x".repeat(2000)), "/stripe/v1/refunds", 413, "body_too_large"),
         (vec![auth], String::new(), "/nowhere/v1/x", 404, "unknown_upstream"),
-        (vec![("authorization", "Bearer wrong"), form], "amount=1".into(), "/stripe/v1/refunds", 401, "agent_unauthorized"),
+        (
+            vec![("authorization", "Bearer wrong"), form],
+            "amount=1".into(),
+            "/stripe/v1/refunds",
+            401,
+            "agent_unauthorized",
+        ),
         (vec![form], "amount=1".into(), "/stripe/v1/refunds", 401, "agent_unauthorized"),
         (vec![auth], String::new(), "/stripe/../v1/admin", 400, "malformed_request"),
         (vec![auth], String::new(), "/stripe/%2e%2e/x", 400, "malformed_request"),
@@ -123,7 +146,9 @@ async fn bad_input_gets_a_clear_error_and_nothing_is_forwarded() {
 async fn agent_tokens_cannot_use_the_admin_api() {
     let up = FakeUpstream::start(None).await;
     let app = TestApp::start(Options::new(&up)).await;
-    let r = call("GET", &format!("{}/v1/admin/approvals", app.control), &[("authorization", "Bearer agent-token-1")], "").await;
+    let r =
+        call("GET", &format!("{}/v1/admin/approvals", app.control), &[("authorization", "Bearer agent-token-1")], "")
+            .await;
     assert_eq!(r.status, 403);
     let r = call("GET", &format!("{}/v1/admin/approvals", app.control), &[], "").await;
     assert_eq!(r.status, 401);

@@ -23,7 +23,13 @@ async fn escalation_then_expiry_on_the_injected_clock() {
     clock.advance(Duration::from_secs(15 * 60 + 1));
     let mut escalated = false;
     for _ in 0..100 {
-        let a = call("GET", &format!("{}/v1/admin/approvals/{id}", app.control), &[("authorization", &format!("Bearer {ALICE}"))], "").await;
+        let a = call(
+            "GET",
+            &format!("{}/v1/admin/approvals/{id}", app.control),
+            &[("authorization", &format!("Bearer {ALICE}"))],
+            "",
+        )
+        .await;
         if a.json()["escalated_to"] == serde_json::json!(["finance-leads"]) {
             escalated = true;
             break;
@@ -32,12 +38,24 @@ async fn escalation_then_expiry_on_the_injected_clock() {
     }
     assert!(escalated, "escalated at escalate_after");
     // Now carol may see it; expire it by moving past expires_after (1h).
-    let a = call("GET", &format!("{}/v1/admin/approvals/{id}", app.control), &[("authorization", &format!("Bearer {CAROL}"))], "").await;
+    let a = call(
+        "GET",
+        &format!("{}/v1/admin/approvals/{id}", app.control),
+        &[("authorization", &format!("Bearer {CAROL}"))],
+        "",
+    )
+    .await;
     assert_eq!(a.status, 200);
     clock.advance(Duration::from_secs(3600));
     let mut expired = false;
     for _ in 0..100 {
-        let a = call("GET", &format!("{}/v1/admin/approvals/{id}", app.control), &[("authorization", &format!("Bearer {ALICE}"))], "").await;
+        let a = call(
+            "GET",
+            &format!("{}/v1/admin/approvals/{id}", app.control),
+            &[("authorization", &format!("Bearer {ALICE}"))],
+            "",
+        )
+        .await;
         if a.json()["status"] == "expired" {
             assert!(a.json()["decided_by"].is_null(), "an expiry is not a person's rejection");
             expired = true;

@@ -868,7 +868,7 @@ impl Gate {
     // Decisions by people, and timers.
     // ---------------------------------------------------------------------
 
-    /// Records a person's decision.
+    /// Records a configured approver's decision (admin API, web page).
     pub async fn decide(
         &self,
         approver: &str,
@@ -877,6 +877,22 @@ impl Gate {
         reason: Option<String>,
         channel: Channel,
     ) -> Result<Approval, DecideError> {
+        self.decide_authorized(approver, id, verdict, reason, channel, &|live, a| live.may_decide(approver, a)).await
+    }
+
+    /// Records a decision by `who` (an approver id, or a channel identity such as
+    /// `slack:U123`), allowed when `authorize` says so for the approval as it is
+    /// now. Approver lists are read from the live config at this moment.
+    pub async fn decide_authorized(
+        &self,
+        who: &str,
+        id: &str,
+        verdict: Verdict,
+        reason: Option<String>,
+        channel: Channel,
+        authorize: &(dyn Fn(&Live, &Approval) -> bool + Sync),
+    ) -> Result<Approval, DecideError> {
+        let approver = who;
         let reason = reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
         if let Some(r) = &reason {
             if r.chars().count() > 2000 {
@@ -888,7 +904,7 @@ impl Gate {
         }
         let live = self.live();
         let a = self.store.get(id).await?.ok_or_else(|| DecideError::NotFound(id.to_string()))?;
-        if !live.may_decide(approver, &a) {
+        if !authorize(&live, &a) {
             return Err(DecideError::Forbidden { approver: approver.into(), route: a.route.clone() });
         }
         let now = self.clock.now();

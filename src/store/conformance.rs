@@ -89,6 +89,15 @@ where
     concurrent_votes_have_one_winner(Arc::new(make().await)).await;
     waiters_are_woken(Arc::new(make().await)).await;
     shutdown_and_purge(make().await).await;
+    claim_once_remembers_for_its_ttl(make().await).await;
+}
+
+async fn claim_once_remembers_for_its_ttl<S: ApprovalStore>(s: S) {
+    let ttl = Duration::from_secs(300);
+    assert!(s.claim_once("sig:abc", ttl, T0).await.unwrap());
+    assert!(!s.claim_once("sig:abc", ttl, T0.plus(Duration::from_secs(299))).await.unwrap());
+    assert!(s.claim_once("sig:other", ttl, T0).await.unwrap());
+    assert!(s.claim_once("sig:abc", ttl, T0.plus(ttl)).await.unwrap(), "forgotten after the ttl");
 }
 
 async fn identical_requests_attach<S: ApprovalStore>(s: S) {

@@ -29,6 +29,8 @@ struct Inner {
     approvals: HashMap<String, Entry>,
     /// Fingerprint → the newest approval opened with it.
     index: HashMap<String, String>,
+    /// `claim_once` keys → when they may be claimed again.
+    seen: HashMap<String, Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +224,17 @@ impl ApprovalStore for MemoryStore {
         Ok(m)
     }
 
+    async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        match g.seen.get(key) {
+            Some(until) if *until > now => Ok(false),
+            _ => {
+                g.seen.insert(key.to_string(), now.plus(ttl));
+                Ok(true)
+            }
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -258,6 +271,7 @@ impl ApprovalStore for MemoryStore {
                 g.index.remove(fp);
             }
         }
+        g.seen.retain(|_, until| *until > now);
         Ok(old.len())
     }
 

@@ -159,6 +159,9 @@ pub trait ApprovalStore: Send + Sync + 'static {
     async fn escalate(&self, id: &str, routes: &[String], now: Timestamp) -> Result<Option<Approval>, StoreError>;
     /// Pending approvals per route, for the gauge.
     async fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError>;
+    /// Marks `key` as seen for `ttl`. Returns true the first time, false while it is
+    /// remembered: replayed Slack callbacks, single-use sign-in links.
+    async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<bool, StoreError>;
     /// Health check.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Called on shutdown. The memory store interrupts every pending approval

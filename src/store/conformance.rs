@@ -90,6 +90,17 @@ where
     waiters_are_woken(Arc::new(make().await)).await;
     shutdown_and_purge(make().await).await;
     claim_once_remembers_for_its_ttl(make().await).await;
+    meta_values_live_for_their_ttl(make().await).await;
+}
+
+async fn meta_values_live_for_their_ttl<S: ApprovalStore>(s: S) {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(s.get_meta("slack:apr_1", T0).await.unwrap(), None);
+    s.set_meta("slack:apr_1", "C1/1700000000.000100", ttl, T0).await.unwrap();
+    assert_eq!(s.get_meta("slack:apr_1", T0).await.unwrap().as_deref(), Some("C1/1700000000.000100"));
+    s.set_meta("slack:apr_1", "C1/2", ttl, T0).await.unwrap();
+    assert_eq!(s.get_meta("slack:apr_1", T0).await.unwrap().as_deref(), Some("C1/2"), "overwritten");
+    assert_eq!(s.get_meta("slack:apr_1", T0.plus(ttl)).await.unwrap(), None, "expired");
 }
 
 async fn claim_once_remembers_for_its_ttl<S: ApprovalStore>(s: S) {

@@ -31,6 +31,8 @@ struct Inner {
     index: HashMap<String, String>,
     /// `claim_once` keys → when they may be claimed again.
     seen: HashMap<String, Timestamp>,
+    /// `set_meta` values with their expiry.
+    meta: HashMap<String, (String, Timestamp)>,
 }
 
 #[derive(Debug, Default)]
@@ -235,6 +237,15 @@ impl ApprovalStore for MemoryStore {
         }
     }
 
+    async fn set_meta(&self, key: &str, value: &str, ttl: Duration, now: Timestamp) -> Result<(), StoreError> {
+        self.lock().meta.insert(key.to_string(), (value.to_string(), now.plus(ttl)));
+        Ok(())
+    }
+
+    async fn get_meta(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().meta.get(key).filter(|(_, until)| *until > now).map(|(v, _)| v.clone()))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -272,6 +283,7 @@ impl ApprovalStore for MemoryStore {
             }
         }
         g.seen.retain(|_, until| *until > now);
+        g.meta.retain(|_, (_, until)| *until > now);
         Ok(old.len())
     }
 

@@ -162,6 +162,10 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// Marks `key` as seen for `ttl`. Returns true the first time, false while it is
     /// remembered: replayed Slack callbacks, single-use sign-in links.
     async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<bool, StoreError>;
+    /// Small shared key-value state with a lifetime, e.g. the Slack message of an
+    /// approval card, so any replica can update it.
+    async fn set_meta(&self, key: &str, value: &str, ttl: Duration, now: Timestamp) -> Result<(), StoreError>;
+    async fn get_meta(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError>;
     /// Health check.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Called on shutdown. The memory store interrupts every pending approval

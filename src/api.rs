@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::approval::{Approval, Risk, Status};
-use crate::gate::{request_id, AskAction, Gate};
+use crate::gate::{AskAction, Gate};
 use crate::policy::json::parse_strict;
 use crate::proxy::{authenticate, read_body};
 use crate::refusal::Refusal;
@@ -80,7 +80,7 @@ fn query_wait(q: Option<&str>) -> Result<Option<Duration>, Refusal> {
     Ok(None)
 }
 
-pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>, request_id: &str) -> Result<Response<Body>, Refusal> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/');
     let live = gate.live();
@@ -103,7 +103,7 @@ pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response
             let wait = ask.wait.map(Duration::from_secs_f64).unwrap_or(Duration::ZERO).min(max_wait);
             let a = gate
                 .ask(AskAction {
-                    request_id: request_id(),
+                    request_id: request_id.to_string(),
                     agent,
                     action: ask.action,
                     payload: ask.payload,

@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::audit::{AuditLog, Durability, Event, WriterOptions};
+use crate::audit::{AuditLog, CheckpointCopy, Durability, Event, WriterOptions};
 use crate::clock::Clock;
 use crate::config::{Config, Secrets, StoreBackend};
 use crate::control::Control;
@@ -86,6 +86,35 @@ pub fn build_live(cfg: &Config, secrets: &Secrets, policy: Arc<PolicyBundle>) ->
     Ok(Live { policy, routes: cfg.routes.clone(), approvers, approver_tokens, agent_tokens, upstreams })
 }
 
+/// The audit writer's settings from the config (reads the signing key).
+pub fn writer_options(config: &Config, replica: &str) -> Result<WriterOptions, AppError> {
+    let a = &config.audit;
+    let signing_key = match &a.signing_key_file {
+        Some(p) => Some(crate::audit::writer::read_signing_key(p).map_err(|message| AppError::Config {
+            file: config.file.display().to_string(),
+            key: "audit.signing_key_file".into(),
+            message,
+        })?),
+        None => None,
+    };
+    Ok(WriterOptions {
+        rotate_bytes: a.rotate_bytes,
+        rotate_after: a.rotate_after,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: a.checkpoint_interval,
+        signing_key,
+        checkpoint_copy: a.checkpoint_copy.as_deref().map(CheckpointCopy::parse),
+        ..WriterOptions::new(a.path.clone(), replica)
+    })
+}
+
+/// Test and benchmark hooks; `Default` in production.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// When set to true, every audit write fails (fault injection).
+    pub audit_fault: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
 pub struct App {
     pub gate: Arc<Gate>,
     pub control: Arc<Control>,
@@ -100,6 +129,16 @@ impl App {
         secrets: Secrets,
         clock: Arc<dyn Clock>,
         replica: &str,
+    ) -> Result<App, AppError> {
+        Self::build_with(config, secrets, clock, replica, Hooks::default()).await
+    }
+
+    pub async fn build_with(
+        config: Config,
+        secrets: Secrets,
+        clock: Arc<dyn Clock>,
+        replica: &str,
+        hooks: Hooks,
     ) -> Result<App, AppError> {
         config.check_files().map_err(|e| AppError::Config {
             file: e.file.display().to_string(),
@@ -118,16 +157,9 @@ impl App {
                 })
             }
         };
-        let audit = AuditLog::start(
-            WriterOptions {
-                dir: config.audit.path.clone(),
-                replica: replica.to_string(),
-                rotate_bytes: config.audit.rotate_bytes,
-                rotate_after: config.audit.rotate_after,
-            },
-            clock.clone(),
-            policy.hash(),
-        )?;
+        let mut wopts = writer_options(&config, replica)?;
+        wopts.fault = hooks.audit_fault.clone();
+        let audit = AuditLog::start(wopts, clock.clone(), policy.hash())?;
         audit
             .append(
                 Event::PolicyLoaded {

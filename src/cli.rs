@@ -87,15 +87,40 @@ pub enum RulesCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Write a new ed25519 pair: DIR/audit.key (mode 0600) and DIR/audit.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify a chain file or a directory of chains.
     Verify {
         path: PathBuf,
+        /// Verify checkpoint signatures with this public key.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Check the log against the checkpoint copies in this directory.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+    },
+    /// The evidence export, on stdout.
+    Export {
+        path: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Only actions requested at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only actions requested before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -126,6 +151,19 @@ pub fn run() -> ExitCode {
         Command::Rules { command: RulesCommand::Explain { config, request } } => crate::explain::run(&config, &request),
         Command::Audit { command: AuditCommand::Verify { path, key, checkpoints } } => {
             audit_verify(&path, key.as_deref(), checkpoints.as_deref())
+        }
+        Command::Audit { command: AuditCommand::Keygen { out } } => match crate::audit::writer::keygen(&out) {
+            Ok((k, p, id)) => {
+                println!("wrote {} (keep it secret) and {} (key id {id})", k.display(), p.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Audit { command: AuditCommand::Export { path, format, from, to } } => {
+            audit_export(&path, format, from.as_deref(), to.as_deref())
         }
         Command::Demo { dir, listen, control_listen } => demo(&dir, listen, control_listen),
     }
@@ -204,35 +242,95 @@ fn rules_test(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
 }
 
 fn audit_verify(path: &Path, key: Option<&Path>, checkpoints: Option<&Path>) -> ExitCode {
-    let _ = (key, checkpoints);
-    match crate::audit::verify::verify_path(path) {
+    let key = match key.map(crate::audit::writer::read_verifying_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(d) = checkpoints {
+        if !d.is_dir() {
+            eprintln!("error: --checkpoints {} is not a directory", d.display());
+            return ExitCode::from(2);
+        }
+    }
+    let signed = key.is_some();
+    let anchors = crate::audit::Anchors { key, copies: checkpoints.map(Path::to_path_buf) };
+    match crate::audit::verify::verify_path(path, &anchors) {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
         Ok(report) => {
+            if !signed && report.chains.iter().any(|c| c.checkpoints > 0) {
+                eprintln!("warning: checkpoint signatures were not verified: pass --key audit.pub");
+            }
             for w in &report.warnings {
                 eprintln!("warning: {w}");
             }
             for f in &report.findings {
                 println!("TAMPERED {f}");
             }
-            for c in &report.chains {
-                println!(
-                    "chain {}: {} records in {} files{}",
-                    c.chain,
+            let line = |c: &crate::audit::verify::ChainReport| {
+                format!(
+                    "verified {} records through seq {}, {}",
                     c.records,
-                    c.files,
-                    c.last_seq.map(|s| format!(", through seq {s}")).unwrap_or_default()
-                );
+                    c.last_seq.map_or("-".to_string(), |s| s.to_string()),
+                    c.anchored_through.map_or("not anchored by a checkpoint".to_string(), |a| format!(
+                        "anchored through checkpoint {a}"
+                    ))
+                )
+            };
+            if report.chains.len() > 1 {
+                for c in &report.chains {
+                    println!("chain {} ({} files): {}", c.chain, c.files, line(c));
+                }
             }
-            if report.intact() {
-                println!("verified {} records", report.records);
-                ExitCode::SUCCESS
-            } else {
+            if !report.intact() {
                 println!("FAILED: {} finding(s)", report.findings.len());
-                ExitCode::from(1)
+                return ExitCode::from(1);
             }
+            match report.chains.as_slice() {
+                [one] => println!("{}", line(one)),
+                many => println!("verified {} records in {} chains", report.records, many.len()),
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn audit_export(path: &Path, format: ExportFormat, from: Option<&str>, to: Option<&str>) -> ExitCode {
+    use crate::clock::Timestamp;
+    let parse = |s: Option<&str>, flag: &str| -> Result<Option<Timestamp>, String> {
+        s.map(|t| Timestamp::parse(t).map_err(|e| format!("{flag}: {e}"))).transpose()
+    };
+    let (from, to) = match (parse(from, "--from"), parse(to, "--to")) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::audit::export::collect(path, from, to) {
+        Ok((rows, trailer)) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let csv = matches!(format, ExportFormat::Csv);
+            match crate::audit::export::write(&mut out, &rows, &trailer, csv).and_then(|_| {
+                use std::io::Write;
+                out.flush()
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -23,23 +23,31 @@ use crate::respond::{Body, HOP_BY_HOP};
 pub const JUSTIFICATION_HEADER: &str = "x-approval-justification";
 const MAX_JUSTIFICATION: usize = 2000;
 
+/// The response header naming the request id (also in its audit records).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// The agent listener's entry point.
 pub async fn handle(gate: Arc<Gate>, req: Request<Incoming>) -> Response<Body> {
+    let request_id = request_id();
     let path = req.uri().path();
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let res = match first {
-        "v1" => crate::api::handle(&gate, req).await,
+        "v1" => crate::api::handle(&gate, req, &request_id).await,
         "mcp" => Err(Refusal::NotFound("this endpoint".into())),
-        _ => proxy(&gate, req).await,
+        _ => proxy(&gate, req, &request_id).await,
     };
-    match res {
+    let mut resp = match res {
         Ok(r) => r,
         Err(refusal) => {
             gate.metrics.refusal(refusal.kind());
-            tracing::debug!(error.type = refusal.kind(), "refused");
+            tracing::debug!(request.id = %request_id, error.type = refusal.kind(), "refused");
             refusal.response()
         }
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    resp
 }
 
 /// Refuses paths that could mean different things to different parsers.
@@ -195,7 +203,7 @@ fn forwardable(
     Ok(out)
 }
 
-async fn proxy(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+async fn proxy(gate: &Arc<Gate>, req: Request<Incoming>, request_id: &str) -> Result<Response<Body>, Refusal> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     check_path(path)?;
@@ -217,7 +225,7 @@ async fn proxy(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Body
     };
     let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let action = HttpAction {
-        request_id: request_id(),
+        request_id: request_id.to_string(),
         agent,
         req: StoredRequest {
             upstream: name.to_string(),

@@ -5,9 +5,11 @@
 //! verifier behind `audit verify`.
 
 pub mod event;
+pub mod export;
 pub mod record;
 pub mod verify;
 pub mod writer;
 
 pub use event::{Event, Subject};
-pub use writer::{AuditError, AuditHealth, AuditLog, Durability, WriterOptions};
+pub use verify::Anchors;
+pub use writer::{AuditError, AuditHealth, AuditLog, CheckpointCopy, Durability, WriterOptions};

@@ -7,9 +7,11 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde_json::Value;
 
 use super::record::{canonical, hash_of, GENESIS_PREV, VERSION};
+use super::writer::{checkpoint_message, copy_file_name, key_id};
 use crate::policy::json::parse_strict;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,16 @@ pub enum FindingKind {
     TornMiddle,
     /// A record of an unknown format version.
     UnknownVersion,
+    /// A checkpoint whose anchor is not the chain before it.
+    BadCheckpoint,
+    /// A checkpoint signature that does not verify, or is missing under `--key`.
+    BadSignature,
+    /// A checkpoint signed by a key other than the one given.
+    UnknownKey,
+    /// The record at a copied checkpoint's seq differs from the copy.
+    CheckpointMismatch,
+    /// The chain ends before a checkpoint held in the copies.
+    TruncatedBeforeCheckpoint,
 }
 
 impl FindingKind {
@@ -55,6 +67,11 @@ impl FindingKind {
             FindingKind::BadFileName => "file name does not match its records",
             FindingKind::TornMiddle => "torn record inside the chain",
             FindingKind::UnknownVersion => "unknown record version",
+            FindingKind::BadCheckpoint => "checkpoint does not anchor the chain",
+            FindingKind::BadSignature => "bad signature",
+            FindingKind::UnknownKey => "unknown key",
+            FindingKind::CheckpointMismatch => "differs from its checkpoint copy",
+            FindingKind::TruncatedBeforeCheckpoint => "truncated before a checkpoint",
         }
     }
 }
@@ -96,6 +113,9 @@ pub struct ChainReport {
     pub last_seq: Option<u64>,
     pub last_hash: String,
     pub files: usize,
+    /// The highest seq anchored by a verified checkpoint.
+    pub anchored_through: Option<u64>,
+    pub checkpoints: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -150,14 +170,58 @@ pub fn chain_files(path: &Path) -> Result<BTreeMap<String, Vec<(u64, PathBuf)>>,
     Ok(chains)
 }
 
-struct ChainState {
+/// What the verifier checks checkpoints against.
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// Verify checkpoint signatures with this key.
+    pub key: Option<VerifyingKey>,
+    /// A directory of checkpoint copies (`<chain>.ckpt`).
+    pub copies: Option<PathBuf>,
+}
+
+/// A copied checkpoint: the seq and hash of the checkpoint record.
+#[derive(Debug, Clone)]
+struct Copy {
+    seq: u64,
+    hash: String,
+    through_seq: u64,
+}
+
+fn read_copies(dir: &Path, chain: &str) -> Result<Vec<Copy>, VerifyError> {
+    let p = dir.join(copy_file_name(chain));
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(VerifyError::Read { path: p, source }),
+    };
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            if let (Some(seq), Some(hash), Some(through_seq)) = (
+                v.get("seq").and_then(Value::as_u64),
+                v.get("hash").and_then(Value::as_str),
+                v.get("through_seq").and_then(Value::as_u64),
+            ) {
+                out.push(Copy { seq, hash: hash.to_string(), through_seq });
+            }
+        }
+    }
+    out.sort_by_key(|c| c.seq);
+    Ok(out)
+}
+
+struct ChainState<'a> {
     chain: String,
     expected_seq: u64,
     prev: String,
     report: ChainReport,
+    anchors: &'a Anchors,
+    key_id: Option<String>,
+    copies: Vec<Copy>,
+    unverified_signatures: u64,
 }
 
-impl ChainState {
+impl ChainState<'_> {
     fn finding(&self, kind: FindingKind, file: &Path, line: u64, detail: impl Into<String>) -> Finding {
         Finding {
             kind,
@@ -167,6 +231,57 @@ impl ChainState {
             expected_seq: self.expected_seq,
             detail: detail.into(),
         }
+    }
+
+    fn check_checkpoint(&mut self, v: &Value, file: &Path, line_no: u64, seq: u64, prev: &str) -> Result<(), Finding> {
+        let through_seq = v.get("through_seq").and_then(Value::as_u64);
+        let through_hash = v.get("through_hash").and_then(Value::as_str);
+        if through_seq != seq.checked_sub(1) || through_hash != Some(prev) {
+            return Err(self.finding(
+                FindingKind::BadCheckpoint,
+                file,
+                line_no,
+                "does not anchor the record before it",
+            ));
+        }
+        let (through_seq, through_hash) = (seq - 1, prev);
+        let signature = v.get("signature").and_then(Value::as_str);
+        let key_id = v.get("key_id").and_then(Value::as_str);
+        match (&self.anchors.key, signature) {
+            (Some(key), Some(sig)) => {
+                if key_id != self.key_id.as_deref() {
+                    return Err(self.finding(
+                        FindingKind::UnknownKey,
+                        file,
+                        line_no,
+                        format!("signed by key {}, not the key given", key_id.unwrap_or("(none)")),
+                    ));
+                }
+                let ok = hex::decode(sig)
+                    .ok()
+                    .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                    .map(|b| Signature::from_bytes(&b))
+                    .is_some_and(|s| {
+                        key.verify(&checkpoint_message(&self.chain, through_seq, through_hash), &s).is_ok()
+                    });
+                if !ok {
+                    return Err(self.finding(
+                        FindingKind::BadSignature,
+                        file,
+                        line_no,
+                        "the checkpoint signature does not verify",
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(self.finding(FindingKind::BadSignature, file, line_no, "the checkpoint is not signed"));
+            }
+            (None, Some(_)) => self.unverified_signatures += 1,
+            (None, None) => {}
+        }
+        self.report.checkpoints += 1;
+        self.report.anchored_through = Some(through_seq);
+        Ok(())
     }
 
     /// Checks one complete line; advances on success.
@@ -220,6 +335,19 @@ impl ChainState {
         if hash_of(&without) != hash {
             return Err(self.finding(FindingKind::HashMismatch, file, line_no, "the record does not match its hash"));
         }
+        if let Some(c) = self.copies.iter().find(|c| c.seq == seq) {
+            if c.hash != hash {
+                return Err(self.finding(
+                    FindingKind::CheckpointMismatch,
+                    file,
+                    line_no,
+                    "the checkpoint copy holds a different record here: the chain was rewritten",
+                ));
+            }
+        }
+        if v.get("kind").and_then(Value::as_str) == Some("checkpoint") {
+            self.check_checkpoint(&v, file, line_no, seq, prev)?;
+        }
         self.prev = hash.to_string();
         self.expected_seq += 1;
         self.report.records += 1;
@@ -230,13 +358,14 @@ impl ChainState {
 }
 
 /// Calls `visit` for every intact record of `path`, verifying as it goes.
-pub fn verify_with(path: &Path, mut visit: impl FnMut(&Value)) -> Result<Report, VerifyError> {
+pub fn verify_with(path: &Path, anchors: &Anchors, mut visit: impl FnMut(&Value)) -> Result<Report, VerifyError> {
     let chains = chain_files(path)?;
     if chains.is_empty() {
         return Err(VerifyError::Empty(path.to_path_buf()));
     }
     let single_file = !path.is_dir();
     let mut report = Report::default();
+    let seen: std::collections::BTreeSet<String> = chains.keys().cloned().collect();
     for (chain, files) in chains {
         if chain.starts_with('?') {
             let f = &files[0].1;
@@ -251,11 +380,19 @@ pub fn verify_with(path: &Path, mut visit: impl FnMut(&Value)) -> Result<Report,
             continue;
         }
         let first_seq = files[0].0;
+        let copies = match &anchors.copies {
+            Some(d) => read_copies(d, &chain)?,
+            None => Vec::new(),
+        };
         let mut st = ChainState {
             chain: chain.clone(),
             expected_seq: first_seq,
             prev: String::new(),
             report: ChainReport { chain: chain.clone(), files: files.len(), ..Default::default() },
+            anchors,
+            key_id: anchors.key.as_ref().map(key_id),
+            copies,
+            unverified_signatures: 0,
         };
         if first_seq == 0 {
             st.prev = GENESIS_PREV.to_string();
@@ -336,13 +473,57 @@ pub fn verify_with(path: &Path, mut visit: impl FnMut(&Value)) -> Result<Report,
                 }
             }
         }
+        // Truncation: a copied checkpoint beyond the end of the chain.
+        if report.findings.iter().all(|f| f.chain != chain) {
+            if let Some(c) = st.copies.iter().rev().find(|c| st.report.last_seq.is_none_or(|l| c.seq > l)) {
+                report.findings.push(Finding {
+                    kind: FindingKind::TruncatedBeforeCheckpoint,
+                    chain: chain.clone(),
+                    file: path.to_path_buf(),
+                    line: 0,
+                    expected_seq: st.expected_seq,
+                    detail: format!(
+                        "the chain ends at seq {} but a checkpoint copy anchors seq {} (checkpoint record {})",
+                        st.report.last_seq.map_or("-".to_string(), |s| s.to_string()),
+                        c.through_seq,
+                        c.seq
+                    ),
+                });
+            }
+        }
+        if st.unverified_signatures > 0 {
+            report.warnings.push(format!(
+                "chain {chain}: {} checkpoint signature(s) not verified (no --key given)",
+                st.unverified_signatures
+            ));
+        }
         report.records += st.report.records;
         report.chains.push(st.report);
+    }
+    // A chain known to the copies but with no files left was deleted whole.
+    if let (Some(d), true) = (&anchors.copies, path.is_dir()) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(chain) = name.strip_suffix(".ckpt") {
+                    if !seen.contains(chain) {
+                        report.findings.push(Finding {
+                            kind: FindingKind::TruncatedBeforeCheckpoint,
+                            chain: chain.to_string(),
+                            file: e.path(),
+                            line: 0,
+                            expected_seq: 0,
+                            detail: "checkpoint copies exist for this chain, but none of its files".into(),
+                        });
+                    }
+                }
+            }
+        }
     }
     Ok(report)
 }
 
 /// Verifies a chain file or a directory of chains.
-pub fn verify_path(path: &Path) -> Result<Report, VerifyError> {
-    verify_with(path, |_| {})
+pub fn verify_path(path: &Path, anchors: &Anchors) -> Result<Report, VerifyError> {
+    verify_with(path, anchors, |_| {})
 }

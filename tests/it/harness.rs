@@ -178,6 +178,7 @@ pub struct Options {
     pub server_toml: String,
     pub clock: Arc<dyn Clock>,
     pub ca_pem: Option<String>,
+    pub hooks: approvalplane::app::Hooks,
 }
 
 impl Options {
@@ -189,6 +190,7 @@ impl Options {
             server_toml: "hold_timeout = \"10s\"\n".into(),
             clock: Arc::new(SystemClock),
             ca_pem: None,
+            hooks: Default::default(),
         }
     }
 }
@@ -314,7 +316,7 @@ path = "audit"
             ("STRIPE_AUTH".into(), UPSTREAM_SECRET.into()),
         ]));
         let (secrets, _) = cfg.resolve_secrets(&env).unwrap();
-        let app = App::build(cfg, secrets, o.clock.clone(), "test").await.unwrap();
+        let app = App::build_with(cfg, secrets, o.clock.clone(), "test", o.hooks.clone()).await.unwrap();
         let agent_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let control_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent = format!("http://{}", agent_l.local_addr().unwrap());

@@ -4,7 +4,9 @@ mod harness;
 
 mod admin;
 mod audit_cli;
+mod audit_tamper;
 mod cli;
+mod crash;
 mod hold;
 mod proxy;
 mod timers;

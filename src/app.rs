@@ -188,6 +188,11 @@ impl App {
         Ok(App { gate, control, config })
     }
 
+    /// The reloader for this app: SIGHUP and rules-directory changes call it.
+    pub fn reloader(&self, env: Arc<dyn crate::config::Env>) -> Arc<crate::reload::Reloader> {
+        Arc::new(crate::reload::Reloader::new(self.config.clone(), env, self.gate.clone()))
+    }
+
     /// Serves until `shutdown` resolves, then drains within `server.shutdown_grace`.
     pub async fn serve(
         self,

@@ -434,6 +434,11 @@ fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<Strin
             .await
             .with_context(|| format!("binding server.control_listen {}", cfg.server.control_listen))?;
         tracing::info!(listen = %cfg.server.listen, control_listen = %cfg.server.control_listen, "listening");
+        let reloader = app.reloader(Arc::new(ProcessEnv));
+        tokio::spawn(sighup_loop(reloader.clone()));
+        if !cfg.policy.watch_interval.is_zero() {
+            tokio::spawn(crate::reload::watch_rules(reloader, cfg.policy.watch_interval));
+        }
         if let Some(b) = banner {
             use std::io::Write;
             let mut out = std::io::stdout();
@@ -449,6 +454,15 @@ fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<Strin
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Reloads on every SIGHUP.
+async fn sighup_loop(reloader: Arc<crate::reload::Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let _ = reloader.reload("sighup").await;
     }
 }
 

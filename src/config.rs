@@ -241,6 +241,8 @@ pub struct FilePolicy {
     pub data: Option<String>,
     pub default: Option<String>,
     pub mode: Option<String>,
+    /// Extension: how often the rules directory is checked for changes ("0s": never).
+    pub watch_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -390,6 +392,8 @@ pub struct PolicyConfig {
     pub data: Option<PathBuf>,
     pub default: DefaultDecision,
     pub mode: PolicyMode,
+    /// Zero: the rules directory is not watched (SIGHUP still reloads).
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -935,6 +939,11 @@ impl Validator<'_> {
                 Some("allow") => DefaultDecision::Allow,
                 Some(o) => return Err(self.err("policy.default", format!("{o:?} is not \"deny\" or \"allow\""))),
             },
+            watch_interval: self.duration(
+                "policy.watch_interval",
+                p.watch_interval.as_deref(),
+                Duration::from_secs(2),
+            )?,
             mode: match p.mode.as_deref() {
                 None | Some("enforce") => PolicyMode::Enforce,
                 Some("shadow") => PolicyMode::Shadow,

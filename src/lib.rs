@@ -9,6 +9,7 @@
 //! - [`proxy`]: the agent-facing listener (proxy routes); [`api`]: `request_approval`.
 //! - [`control`]: the control listener (admin API, health, metrics).
 //! - [`gate`]: classify → decide → hold → forward or refuse → record.
+//! - [`reload`]: safe reload on SIGHUP and rules changes.
 //! - [`policy`]: Rego rules (regorus), the input document, the combiner.
 //! - [`store`]: approvals and grants (memory; Redis for replicas).
 //! - [`upstream`]: the forwarder, the only code that talks to upstreams.
@@ -36,6 +37,7 @@ pub mod policy;
 pub mod proxy;
 pub mod redact;
 pub mod refusal;
+pub mod reload;
 pub mod respond;
 pub mod store;
 pub mod upstream;

@@ -696,7 +696,8 @@ mod tests {
             seqs.push(log.append(e, Durability::Written).await.unwrap());
         }
         seqs.sort();
-        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+        seqs.dedup();
+        assert_eq!(seqs.len(), 300, "every record got its own seq (checkpoints take seqs too)");
         log.close().await;
         assert!(log
             .append(Event::Shutdown { reason: "x".into(), interrupted: vec![] }, Durability::Written)

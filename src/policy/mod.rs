@@ -13,10 +13,15 @@ pub mod json;
 pub mod qs;
 pub mod testing;
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
 use regorus::Engine;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -87,12 +92,54 @@ pub fn rego_files(dir: &Path, with_tests: bool) -> Result<Vec<PathBuf>, PolicyEr
     Ok(out)
 }
 
+/// The two evaluators.
+///
+/// Requests are decided by the interpreter: it raises strict builtin errors, so a
+/// broken rule denies. regorus 0.14.1's VM is faster but decides some inputs of the
+/// shipped library differently (a full refund with no amount is missed), can treat
+/// a builtin error inside a rule body as "does not match", and renders an undefined
+/// summary value as the text `<undefined>`. The VM program is still compiled so the
+/// benchmark and the differential test can measure and compare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// regorus's bytecode VM: compiled once, one VM per thread.
+    Rvm,
+    /// The tree-walking interpreter (used when the RVM cannot compile the rules).
+    Interpreter,
+}
+
+static BUNDLE_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's VM and the bundle it was loaded with.
+    static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+}
+
+/// The three sets out of the entry rule's value.
+fn sets_of(out: &regorus::Value) -> Result<RuleSets, String> {
+    let v = serde_json::to_value(out).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err(format!("rules did not evaluate to the three sets (got {v})"));
+    }
+    let take = |k: &str| -> Result<Vec<Value>, String> {
+        match v.get(k) {
+            Some(Value::Array(a)) => Ok(a.clone()),
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(o) => Err(format!("data.approvalplane.{k} is not a set: {o}")),
+        }
+    };
+    Ok(RuleSets { deny: take("deny")?, approval: take("approval")?, allow: take("allow")? })
+}
+
 /// Compiled rules plus what is needed to evaluate and describe them.
 pub struct PolicyBundle {
+    id: u64,
     hash: String,
     files: Vec<PathBuf>,
     template: Engine,
     pool: Mutex<Vec<Engine>>,
+    program: Option<Arc<Program>>,
+    data: regorus::Value,
     default: DefaultDecision,
     mode: PolicyMode,
     routes: BTreeSet<String>,
@@ -106,6 +153,10 @@ impl std::fmt::Debug for PolicyBundle {
 
 /// Builds an engine with the files of `src` loaded, strict, with data.
 pub fn build_engine(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String), PolicyError> {
+    build_engine_with_data(src).map(|(e, f, h, _)| (e, f, h))
+}
+
+fn build_engine_with_data(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String, regorus::Value), PolicyError> {
     let files = rego_files(&src.rules_dir, src.with_tests)?;
     let mut engine = Engine::new();
     engine.set_strict_builtin_errors(true);
@@ -126,6 +177,7 @@ pub fn build_engine(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String)
             return Err(PolicyError::Package { path: f.clone(), package });
         }
     }
+    let mut data = regorus::Value::new_object();
     if let Some(d) = &src.data_file {
         let text = std::fs::read_to_string(d).map_err(|source| PolicyError::Read { path: d.clone(), source })?;
         hasher.update(format!("data {}\n", text.len()).as_bytes());
@@ -141,11 +193,10 @@ pub fn build_engine(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String)
                 message: format!("top-level keys {PACKAGE:?} and {TEST_PACKAGE:?} are reserved for rules"),
             });
         }
-        engine
-            .add_data(regorus::Value::from(v))
-            .map_err(|e| PolicyError::Data { path: d.clone(), message: e.to_string() })?;
+        data = regorus::Value::from(v);
+        engine.add_data(data.clone()).map_err(|e| PolicyError::Data { path: d.clone(), message: e.to_string() })?;
     }
-    Ok((engine, files, format!("sha256:{}", hex::encode(hasher.finalize()))))
+    Ok((engine, files, format!("sha256:{}", hex::encode(hasher.finalize())), data))
 }
 
 impl PolicyBundle {
@@ -162,14 +213,38 @@ impl PolicyBundle {
             data_file: data_file.map(Path::to_path_buf),
             with_tests: false,
         };
-        let (mut engine, files, hash) = build_engine(&src)?;
+        let (mut engine, files, hash, data) = build_engine_with_data(&src)?;
         engine
             .add_policy("<approvalplane-entry>".to_string(), ENTRY_MODULE.to_string())
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
         // Compile now so semantic errors (unknown functions, bad references) fail the
         // load, not the first request.
-        engine.compile_with_entrypoint(&ENTRY_RULE.into()).map_err(|e| PolicyError::Compile(e.to_string()))?;
-        Ok(PolicyBundle { hash, files, template: engine, pool: Mutex::new(Vec::new()), default, mode, routes })
+        let compiled =
+            engine.compile_with_entrypoint(&ENTRY_RULE.into()).map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let program = match Compiler::compile_from_policy(&compiled, &[ENTRY_RULE]) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "the bytecode VM cannot compile these rules; using the interpreter");
+                None
+            }
+        };
+        Ok(PolicyBundle {
+            id: BUNDLE_IDS.fetch_add(1, Ordering::Relaxed),
+            hash,
+            files,
+            template: engine,
+            pool: Mutex::new(Vec::new()),
+            program,
+            data,
+            default,
+            mode,
+            routes,
+        })
+    }
+
+    /// Whether the bytecode VM could compile these rules.
+    pub fn has_program(&self) -> bool {
+        self.program.is_some()
     }
 
     /// `sha256:<hex>` over every rule file and the data file.
@@ -185,8 +260,37 @@ impl PolicyBundle {
         &self.routes
     }
 
-    /// Evaluates the rules on `input` and returns the raw sets.
+    /// Evaluates the rules on `input` (with the interpreter) and returns the raw sets.
     pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
+        self.eval_sets_with(input, EngineKind::Interpreter)
+    }
+
+    /// Evaluates with a chosen engine (the differential test runs both).
+    pub fn eval_sets_with(&self, input: &Value, kind: EngineKind) -> Result<RuleSets, String> {
+        let out = match (kind, &self.program) {
+            (EngineKind::Rvm, Some(program)) => self.eval_rvm(program, input)?,
+            _ => self.eval_interpreter(input)?,
+        };
+        sets_of(&out)
+    }
+
+    fn eval_rvm(&self, program: &Arc<Program>, input: &Value) -> Result<regorus::Value, String> {
+        VM.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
+                let mut vm = RegoVM::new();
+                vm.load_program(program.clone());
+                vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                vm.set_strict_builtin_errors(true);
+                *slot = Some((self.id, vm));
+            }
+            let (_, vm) = slot.as_mut().ok_or("no VM")?;
+            vm.set_input(regorus::Value::from(input.clone()));
+            vm.execute().map_err(|e| e.to_string())
+        })
+    }
+
+    fn eval_interpreter(&self, input: &Value) -> Result<regorus::Value, String> {
         let mut engine = self
             .pool
             .lock()
@@ -200,19 +304,7 @@ impl PolicyBundle {
                 pool.push(engine);
             }
         }
-        let out = out.map_err(|e| e.to_string())?;
-        let v = serde_json::to_value(&out).map_err(|e| e.to_string())?;
-        let take = |k: &str| -> Result<Vec<Value>, String> {
-            match v.get(k) {
-                Some(Value::Array(a)) => Ok(a.clone()),
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(o) => Err(format!("data.approvalplane.{k} is not a set: {o}")),
-            }
-        };
-        if !v.is_object() {
-            return Err(format!("rules did not evaluate to the three sets (got {v})"));
-        }
-        Ok(RuleSets { deny: take("deny")?, approval: take("approval")?, allow: take("allow")? })
+        out.map_err(|e| e.to_string())
     }
 
     /// Evaluates and combines. Never fails: any error is a deny verdict.

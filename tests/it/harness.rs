@@ -167,6 +167,7 @@ pub struct TestApp {
     pub agent: String,
     pub control: String,
     pub dir: tempfile::TempDir,
+    pub reloader: Arc<approvalplane::reload::Reloader>,
     stop: Option<tokio::sync::oneshot::Sender<String>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -179,6 +180,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     pub ca_pem: Option<String>,
     pub hooks: approvalplane::app::Hooks,
+    pub watch_rules: bool,
+    pub policy_toml: String,
 }
 
 impl Options {
@@ -191,6 +194,8 @@ impl Options {
             clock: Arc::new(SystemClock),
             ca_pem: None,
             hooks: Default::default(),
+            watch_rules: false,
+            policy_toml: String::new(),
         }
     }
 }
@@ -295,6 +300,7 @@ approvers = ["carol"]
 
 [policy]
 rules = "rules"
+{policy}
 
 [audit]
 path = "audit"
@@ -303,6 +309,7 @@ path = "audit"
             server = o.server_toml,
             url = o.upstream_url,
             extra = o.extra_toml,
+            policy = o.policy_toml,
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, &toml).unwrap();
@@ -316,7 +323,12 @@ path = "audit"
             ("STRIPE_AUTH".into(), UPSTREAM_SECRET.into()),
         ]));
         let (secrets, _) = cfg.resolve_secrets(&env).unwrap();
+        let watch = cfg.policy.watch_interval;
         let app = App::build_with(cfg, secrets, o.clock.clone(), "test", o.hooks.clone()).await.unwrap();
+        let reloader = app.reloader(Arc::new(env));
+        if o.watch_rules {
+            tokio::spawn(approvalplane::reload::watch_rules(reloader.clone(), watch));
+        }
         let agent_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let control_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent = format!("http://{}", agent_l.local_addr().unwrap());
@@ -325,11 +337,32 @@ path = "audit"
         let task = tokio::spawn(async move {
             app.serve(agent_l, control_l, async move { rx.await.unwrap_or_else(|_| "dropped".into()) }).await.unwrap();
         });
-        TestApp { agent, control, dir, stop: Some(tx), task: Some(task) }
+        TestApp { agent, control, dir, reloader, stop: Some(tx), task: Some(task) }
     }
 
     pub fn audit_dir(&self) -> PathBuf {
         self.dir.path().join("audit")
+    }
+
+    pub fn rules_dir(&self) -> PathBuf {
+        self.dir.path().join("rules")
+    }
+
+    /// Every audit record written so far (all chains).
+    pub fn records(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(self.audit_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        files.sort();
+        for f in files {
+            for l in std::fs::read_to_string(f).unwrap().lines() {
+                out.push(serde_json::from_str(l).unwrap());
+            }
+        }
+        out
     }
 
     pub async fn stop(&mut self) {

@@ -89,7 +89,8 @@ pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>, request_id: &str) 
     let max_wait = gate.settings.hold_timeout;
     match (&parts.method, path) {
         (&Method::POST, "/v1/approvals") => {
-            let bytes = read_body(body, &parts.headers, gate.settings.max_body_bytes).await?;
+            let bytes =
+                read_body(body, &parts.headers, gate.settings.max_body_bytes, gate.settings.body_read_timeout).await?;
             let v = parse_strict(&bytes).map_err(|e| Refusal::MalformedBody(format!("not valid JSON: {e}")))?;
             let ask: AskBody = serde_json::from_value(v)
                 .map_err(|e| Refusal::MalformedRequest(format!("request_approval body: {e}")))?;

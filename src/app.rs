@@ -157,8 +157,10 @@ impl App {
                 })
             }
         };
+        let metrics = Arc::new(Metrics::new());
         let mut wopts = writer_options(&config, replica)?;
         wopts.fault = hooks.audit_fault.clone();
+        wopts.batch_seconds = Some(metrics.audit_batch_seconds.clone());
         let audit = AuditLog::start(wopts, clock.clone(), policy.hash())?;
         audit
             .append(
@@ -170,7 +172,6 @@ impl App {
                 Durability::Synced,
             )
             .await?;
-        let metrics = Arc::new(Metrics::new());
         let notifiers = Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() })]);
         let s = &config.server;
         let settings = Settings {
@@ -181,6 +182,7 @@ impl App {
             decided_retention: s.decided_retention,
             fail_mode: config.audit.fail_mode,
             max_body_bytes: s.max_body_bytes,
+            body_read_timeout: s.body_read_timeout,
         };
         let gate = Gate::new(live, store, audit, clock, metrics, notifiers, settings);
         let metrics_token = config.server.metrics_token.as_ref().and_then(|r| secrets.get(r)).cloned();

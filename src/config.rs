@@ -174,6 +174,8 @@ pub struct FileServer {
     pub metrics_token_file: Option<String>,
     /// Extension: how long a client may take to send its request headers.
     pub header_read_timeout: Option<String>,
+    /// Extension: how long a client may take to send its request body.
+    pub body_read_timeout: Option<String>,
     /// Extension: how long decided approvals stay visible in the memory store.
     pub decided_retention: Option<String>,
     /// Extension: expiry of approvals whose rule names no `expires_after`.
@@ -332,6 +334,7 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     pub metrics_token: Option<SecretRef>,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub decided_retention: Duration,
     pub default_expires_after: Duration,
 }
@@ -737,6 +740,11 @@ impl Validator<'_> {
         if header_read_timeout.is_zero() {
             return Err(self.err("server.header_read_timeout", "must be positive"));
         }
+        let body_read_timeout =
+            self.duration("server.body_read_timeout", s.body_read_timeout.as_deref(), Duration::from_secs(30))?;
+        if body_read_timeout.is_zero() {
+            return Err(self.err("server.body_read_timeout", "must be positive"));
+        }
         let decided_retention =
             self.duration("server.decided_retention", s.decided_retention.as_deref(), Duration::from_secs(24 * 3600))?;
         let default_expires_after = self.duration(
@@ -1123,6 +1131,7 @@ impl Validator<'_> {
                 worker_threads,
                 metrics_token,
                 header_read_timeout,
+                body_read_timeout,
                 decided_retention,
                 default_expires_after,
             },

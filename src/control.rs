@@ -166,6 +166,10 @@ impl Control {
         let h = g.audit.health();
         m.audit_records.set(h.records.load(std::sync::atomic::Ordering::Relaxed) as i64);
         m.audit_healthy.set(i64::from(h.is_ok()));
+        let last = h.last_checkpoint_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if last > 0 {
+            m.audit_checkpoint_age.set(g.clock.now().since(crate::clock::Timestamp(last)).as_secs() as i64);
+        }
         let mut r = respond::text(StatusCode::OK, m.render());
         r.headers_mut().insert(
             CONTENT_TYPE,

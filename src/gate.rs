@@ -79,6 +79,7 @@ pub struct Settings {
     pub decided_retention: Duration,
     pub fail_mode: FailMode,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
 }
 
 /// A timer the gate runs on the injected clock.

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub audit_records: Gauge,
     pub audit_healthy: Gauge,
     pub audit_batch_seconds: Histogram,
+    pub audit_checkpoint_age: Gauge,
     pub refusals: Family<Labels, Counter>,
 }
 
@@ -97,6 +98,12 @@ impl Metrics {
             "Audit group-commit batch write time",
             audit_batch_seconds.clone(),
         );
+        let audit_checkpoint_age = Gauge::default();
+        r.register(
+            "approvalplane_audit_checkpoint_age_seconds",
+            "Seconds since this replica's last audit checkpoint",
+            audit_checkpoint_age.clone(),
+        );
         let refusals = Family::<Labels, Counter>::default();
         r.register("approvalplane_refusals", "Requests refused, by error type", refusals.clone());
         Metrics {
@@ -115,6 +122,7 @@ impl Metrics {
             audit_records,
             audit_healthy,
             audit_batch_seconds,
+            audit_checkpoint_age,
             refusals,
         }
     }

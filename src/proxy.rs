@@ -23,6 +23,9 @@ use crate::respond::{Body, HOP_BY_HOP};
 pub const JUSTIFICATION_HEADER: &str = "x-approval-justification";
 const MAX_JUSTIFICATION: usize = 2000;
 
+/// The most header bytes (names and values) a request may carry.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// The response header naming the request id (also in its audit records).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -31,7 +34,9 @@ pub async fn handle(gate: Arc<Gate>, req: Request<Incoming>) -> Response<Body> {
     let request_id = request_id();
     let path = req.uri().path();
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     let res = match first {
+        _ if header_bytes > MAX_HEADER_BYTES => Err(Refusal::HeadersTooLarge { limit: MAX_HEADER_BYTES }),
         "v1" => crate::api::handle(&gate, req, &request_id).await,
         "mcp" => Err(Refusal::NotFound("this endpoint".into())),
         _ => proxy(&gate, req, &request_id).await,
@@ -114,17 +119,23 @@ pub fn authenticate(
     gate.agent_for(live, token.as_deref()).ok_or(Refusal::AgentUnauthorized)
 }
 
-/// Reads the body up to `limit` bytes.
-pub async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, Refusal> {
+/// Reads the body up to `limit` bytes, within `timeout` (a slow body is cut off).
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Refusal> {
     if let Some(cl) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if cl > limit as u64 {
             return Err(Refusal::BodyTooLarge { limit });
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge { limit }),
-        Err(e) => Err(Refusal::MalformedRequest(format!("the body could not be read: {e}"))),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Refusal::RequestTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge { limit }),
+        Ok(Err(e)) => Err(Refusal::MalformedRequest(format!("the body could not be read: {e}"))),
     }
 }
 
@@ -215,7 +226,7 @@ async fn proxy(gate: &Arc<Gate>, req: Request<Incoming>, request_id: &str) -> Re
     let live = gate.live();
     let upstream = live.upstreams.get(name).cloned().ok_or_else(|| Refusal::UnknownUpstream(name.to_string()))?;
     let agent = authenticate(gate, &live, &parts.headers, upstream.inject_header())?;
-    let body = read_body(body, &parts.headers, gate.settings.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, gate.settings.max_body_bytes, gate.settings.body_read_timeout).await?;
     let headers = forwardable(&parts.headers, live.agents_configured(), upstream.inject_header())?;
     let justification = justification(&parts.headers)?;
     let wait = prefer_wait(&parts.headers).map_or(gate.settings.hold_timeout, |w| w.min(gate.settings.hold_timeout));

@@ -60,6 +60,11 @@ pub enum Refusal {
     AuditUnavailable,
     ShuttingDown,
     MethodNotAllowed,
+    /// The body did not arrive within `server.body_read_timeout`.
+    RequestTimeout,
+    HeadersTooLarge {
+        limit: usize,
+    },
 }
 
 impl Refusal {
@@ -85,6 +90,8 @@ impl Refusal {
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::RequestTimeout => "request_timeout",
+            Refusal::HeadersTooLarge { .. } => "headers_too_large",
         }
     }
 
@@ -202,6 +209,16 @@ impl Refusal {
                 Some(2),
             ),
             Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed here.".to_string(), None),
+            Refusal::HeadersTooLarge { limit } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("The request headers are larger than {limit} bytes. It was not forwarded."),
+                None,
+            ),
+            Refusal::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body did not arrive in time. It was not forwarded.".to_string(),
+                None,
+            ),
         };
         (status, msg, extra, retry)
     }

@@ -83,6 +83,8 @@ pub struct WriterOptions {
     pub group_commit: bool,
     /// When set to true, every write fails: for fault-injection tests.
     pub fault: Option<Arc<AtomicBool>>,
+    /// Observes each batch's write (and sync) time, in seconds.
+    pub batch_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl std::fmt::Debug for WriterOptions {
@@ -108,6 +110,7 @@ impl WriterOptions {
             checkpoint_copy: None,
             group_commit: true,
             fault: None,
+            batch_seconds: None,
         }
     }
 }
@@ -372,6 +375,9 @@ impl Writer {
             r.map(|_| first.unwrap_or(self.seq))
         };
         self.health.last_batch_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Some(h) = &self.opts.batch_seconds {
+            h.observe(start.elapsed().as_secs_f64());
+        }
         match &res {
             Ok(_) => {
                 self.health.records.fetch_add(records.len() as u64, Ordering::Relaxed);

@@ -223,7 +223,7 @@ async fn every_tampering_is_detected_with_the_right_finding() {
                 r.insert(i + 1, (f, forged));
                 write_records(d, &r);
             },
-            &[FindingKind::SequenceGap, FindingKind::BrokenLink],
+            &[FindingKind::SequenceGap, FindingKind::BrokenLink, FindingKind::CheckpointMismatch],
         ),
         (
             "a duplicated record",

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod explain;
 mod hold;
+mod hostile;
 mod proxy;
 mod rules;
 mod timers;

@@ -282,6 +282,9 @@ pub struct FileSlack {
     pub mode: Option<String>,
     pub app_token_env: Option<String>,
     pub app_token_file: Option<String>,
+    /// Extension: least time between two calls for one channel (Slack allows
+    /// about one message per second per channel). Default "1s".
+    pub post_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,6 +441,7 @@ pub struct SlackConfig {
     pub api_base: String,
     pub mode: SlackMode,
     pub app_token: Option<SecretRef>,
+    pub post_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1051,7 +1055,12 @@ impl Validator<'_> {
                 if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
                     return Err(self.err("slack.api_base", "must be an http:// or https:// URL"));
                 }
-                Some(SlackConfig { bot_token, signing_secret, api_base, mode, app_token })
+                let post_interval =
+                    self.duration("slack.post_interval", sl.post_interval.as_deref(), Duration::from_secs(1))?;
+                if post_interval > Duration::from_secs(60) {
+                    return Err(self.err("slack.post_interval", "must be at most 60s"));
+                }
+                Some(SlackConfig { bot_token, signing_secret, api_base, mode, app_token, post_interval })
             }
         };
 

@@ -107,6 +107,13 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// A time left, rounded to the minute beyond two minutes: "15m", not "14m 59s".
+pub fn countdown(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    let secs = if ms >= 120_000 { (ms + 30_000) / 60_000 * 60 } else { (ms + 500) / 1000 };
+    human(Duration::from_secs(secs))
+}
+
 /// Slack's date formatting: shown in each reader's time zone, with a fallback.
 fn slack_date(t: Timestamp, format: &str) -> String {
     format!("<!date^{}^{}|{}>", t.0 / 1000, format, t.rfc3339_seconds())
@@ -234,7 +241,7 @@ pub fn render(a: &Approval, ctx: &CardContext<'_>) -> Card {
         match (a.escalated_to.is_empty(), a.escalate_at) {
             (true, Some(at)) => policy.push_str(&format!(
                 " · escalates in {} ({})",
-                human(at.since(ctx.now)),
+                countdown(at.since(ctx.now)),
                 slack_date(at, "{date_short_pretty} {time}")
             )),
             (false, _) => policy.push_str(&format!(" · escalated to {}", escape(&a.escalated_to.join(", ")))),
@@ -242,7 +249,7 @@ pub fn render(a: &Approval, ctx: &CardContext<'_>) -> Card {
         }
         policy.push_str(&format!(
             " · expires in {} ({})",
-            human(a.expires_at.since(ctx.now)),
+            countdown(a.expires_at.since(ctx.now)),
             slack_date(a.expires_at, "{date_short_pretty} {time}")
         ));
     }
@@ -575,6 +582,9 @@ mod tests {
             assert_eq!(human(Duration::from_secs(s)), want);
         }
         assert_eq!(human(Duration::from_secs(2 * 86400 + 3 * 3600)), "2d 3h");
+        assert_eq!(countdown(Duration::from_millis(899_990)), "15m");
+        assert_eq!(countdown(Duration::from_millis(3_599_000)), "1h");
+        assert_eq!(countdown(Duration::from_millis(41_600)), "42s");
     }
 
     #[test]

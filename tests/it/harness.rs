@@ -178,7 +178,36 @@ pub struct Options {
     pub server_toml: String,
     pub clock: Arc<dyn Clock>,
     pub ca_pem: Option<String>,
+    /// The `[[approver]]` and `[routes.*]` part of the config.
+    pub people_toml: String,
+    /// Extra environment variables (secrets named by `extra_toml`).
+    pub env: Vec<(String, String)>,
 }
+
+/// The default approvers and routes.
+pub const PEOPLE_TOML: &str = r#"
+[[approver]]
+id = "alice"
+token_env = "ALICE_TOKEN"
+
+[[approver]]
+id = "bob"
+token_env = "BOB_TOKEN"
+
+[[approver]]
+id = "carol"
+token_env = "CAROL_TOKEN"
+
+[routes.finance-oncall]
+approvers = ["alice", "bob"]
+escalate_to = "finance-leads"
+
+[routes.finance-leads]
+approvers = ["carol"]
+
+[routes.eng-oncall]
+approvers = ["carol"]
+"#;
 
 impl Options {
     pub fn new(upstream: &FakeUpstream) -> Options {
@@ -189,6 +218,8 @@ impl Options {
             server_toml: "hold_timeout = \"10s\"\n".into(),
             clock: Arc::new(SystemClock),
             ca_pem: None,
+            people_toml: PEOPLE_TOML.to_string(),
+            env: Vec::new(),
         }
     }
 }
@@ -269,28 +300,7 @@ token_env = "AGENT_TOKEN"
 id = "other-agent"
 token_env = "OTHER_AGENT_TOKEN"
 
-[[approver]]
-id = "alice"
-token_env = "ALICE_TOKEN"
-
-[[approver]]
-id = "bob"
-token_env = "BOB_TOKEN"
-
-[[approver]]
-id = "carol"
-token_env = "CAROL_TOKEN"
-
-[routes.finance-oncall]
-approvers = ["alice", "bob"]
-escalate_to = "finance-leads"
-
-[routes.finance-leads]
-approvers = ["carol"]
-
-[routes.eng-oncall]
-approvers = ["carol"]
-
+{people}
 [policy]
 rules = "rules"
 
@@ -301,11 +311,12 @@ path = "audit"
             server = o.server_toml,
             url = o.upstream_url,
             extra = o.extra_toml,
+            people = o.people_toml,
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, &toml).unwrap();
         let cfg = Config::load(&file).unwrap();
-        let env = MapEnv(BTreeMap::from([
+        let mut env = MapEnv(BTreeMap::from([
             ("AGENT_TOKEN".into(), AGENT_TOKEN.into()),
             ("OTHER_AGENT_TOKEN".into(), OTHER_AGENT_TOKEN.into()),
             ("ALICE_TOKEN".into(), ALICE.into()),
@@ -313,6 +324,7 @@ path = "audit"
             ("CAROL_TOKEN".into(), CAROL.into()),
             ("STRIPE_AUTH".into(), UPSTREAM_SECRET.into()),
         ]));
+        env.0.extend(o.env.iter().cloned());
         let (secrets, _) = cfg.resolve_secrets(&env).unwrap();
         let app = App::build(cfg, secrets, o.clock.clone(), "test").await.unwrap();
         let agent_l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1248,6 +1248,10 @@ rules = "rules"
             (MIN.to_string() + "[routes.r]\napprovers=[\"ghost\"]\n", "routes.r.approvers"),
             (MIN.to_string() + "[routes.r]\nescalate_to=\"nowhere\"\n", "routes.r.escalate_to"),
             (MIN.to_string() + "[routes.r]\nslack_channel=\"C1\"\n", "routes.r.slack_channel"),
+            (
+                MIN.to_string() + "[slack]\nbot_token_env=\"B\"\nsigning_secret_env=\"S\"\npost_interval=\"2m\"\n",
+                "slack.post_interval",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(&text).expect_err(key);
@@ -1290,5 +1294,8 @@ rules = "rules"
         let c = Config::load(&path).unwrap();
         assert!(!c.upstreams.is_empty());
         assert!(c.routes.contains_key("finance-oncall"));
+        let slack = c.slack.as_ref().expect("the example configures [slack]");
+        assert_eq!((slack.mode, slack.post_interval), (SlackMode::Http, Duration::from_secs(1)));
+        assert_eq!(c.routes["finance-oncall"].slack_usergroup.as_deref(), Some("S0FINANCE"));
     }
 }

@@ -272,6 +272,15 @@ impl Inner {
         }
     }
 
+    /// Brings this approval's cards up to date (only the Slack ones: other
+    /// notifiers heard about the decision when it was taken). A click on a
+    /// decided approval means its card may be stale, e.g. posted by a replica
+    /// that missed the decision.
+    fn refresh_cards(self: &Arc<Self>, a: &Approval) {
+        use crate::notify::Notifier;
+        Slack { inner: self.clone() }.publish(crate::notify::Change::Decided, a);
+    }
+
     /// The approval named by a button, or the message to show instead.
     async fn lookup(&self, gate: &Gate, id: Option<&str>) -> Result<Approval, String> {
         let id = id.unwrap_or("").trim();
@@ -329,7 +338,7 @@ impl Inner {
         }
     }
 
-    async fn click_approve(&self, gate: &Arc<Gate>, user: &str, channel: Option<&str>, value: Option<&str>) {
+    async fn click_approve(self: &Arc<Self>, gate: &Arc<Gate>, user: &str, channel: Option<&str>, value: Option<&str>) {
         let a = match self.lookup(gate, value).await {
             Ok(a) => a,
             Err(m) => return self.ephemeral(channel, user, &m).await,
@@ -343,12 +352,11 @@ impl Inner {
                 ident.allows(live, ap)
             })
             .await;
-        self.after_decision(gate, r, user, channel, &a).await;
+        self.after_decision(r, user, channel, &a).await;
     }
 
     async fn after_decision(
-        &self,
-        gate: &Arc<Gate>,
+        self: &Arc<Self>,
         r: Result<Approval, DecideError>,
         user: &str,
         channel: Option<&str>,
@@ -358,9 +366,7 @@ impl Inner {
             Ok(_) => None,
             Err(e) => {
                 if let DecideError::AlreadyDecided(done) = &e {
-                    // The card may be stale (posted by a replica that missed the
-                    // decision): refresh it.
-                    gate.notifiers.publish(crate::notify::Change::Decided, done);
+                    self.refresh_cards(done);
                 }
                 let text = refusal_text(&e, &a.route);
                 tracing::info!(approval.id = %a.id, slack.user = user, error = %e, "slack decision not taken");
@@ -455,7 +461,7 @@ impl Inner {
             Ok(_) => None,
             Err(e) => {
                 if let DecideError::AlreadyDecided(done) = &e {
-                    gate.notifiers.publish(crate::notify::Change::Decided, done);
+                    self.refresh_cards(done);
                 }
                 tracing::info!(approval.id = %a.id, slack.user = %user, error = %e, "slack rejection not taken");
                 tell(refusal_text(&e, &a.route)).await

@@ -623,6 +623,45 @@ async fn socket_mode_hello_envelope_ack_approve_forward() {
 }
 
 #[tokio::test]
+async fn socket_mode_reject_through_the_modal_then_a_late_click() {
+    let t = SlackTest::start(Setup { mode: Mode::Socket, ..Setup::default() }).await;
+    t.slack.wait_sockets(1).await;
+    let id = t.pending_refund(240000).await;
+    t.wait_card("C0FINANCE", &id, "● PENDING").await;
+    let trigger = t.slack.issue_trigger();
+    t.slack.send_envelope(0, "env-r1", &block_actions("U0BOB", "reject", &id, "C0FINANCE", &trigger));
+    let open = t
+        .slack
+        .wait_for("views.open", Duration::from_secs(5), |f| f.ok_calls("views.open", |_| true).into_iter().next())
+        .await;
+    let meta = open.args["view"]["private_metadata"].as_str().unwrap().to_string();
+    // A submission without a reason is refused, ephemerally (the ack already closed the modal).
+    t.slack.send_envelope(0, "env-r2", &view_submission("U0BOB", &meta, "   "));
+    t.slack
+        .wait_for("the refusal", Duration::from_secs(5), |f| (!ephemerals_to(f, "U0BOB").is_empty()).then_some(()))
+        .await;
+    assert_eq!(ephemerals_to(&t.slack, "U0BOB"), vec!["A reason is required to reject."]);
+    assert_eq!(t.approval(&id).await["status"], "pending");
+    t.slack.send_envelope(0, "env-r3", &view_submission("U0BOB", &meta, "wrong customer"));
+    let done = t.wait_status(&id, "rejected").await;
+    assert_eq!((done["decided_by"].as_str(), done["reason"].as_str()), (Some("bob"), Some("wrong customer")));
+    t.wait_card("C0FINANCE", &id, "❌ Rejected by <@U0BOB>: wrong customer").await;
+    // Alice clicks Approve on a stale view of the card: told, nothing changes.
+    t.slack.send_envelope(0, "env-r4", &block_actions("U0ALICE", "approve", &id, "C0FINANCE", "1.2.3"));
+    let said = t
+        .slack
+        .wait_for("alice told", Duration::from_secs(5), |f| {
+            let e = ephemerals_to(f, "U0ALICE");
+            (!e.is_empty()).then_some(e)
+        })
+        .await;
+    assert_eq!(said, vec![format!("Approval {id} is already rejected (by bob).")]);
+    assert_eq!(t.decisions_of(&id).len(), 1);
+    let acked: Vec<String> = t.slack.acks(0).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(acked, vec!["env-r1", "env-r2", "env-r3", "env-r4"]);
+}
+
+#[tokio::test]
 async fn socket_mode_refresh_mid_traffic_loses_and_duplicates_nothing() {
     let t = SlackTest::start(Setup { mode: Mode::Socket, ..Setup::default() }).await;
     t.slack.wait_sockets(1).await;

@@ -166,11 +166,10 @@ impl Inner {
         self.gate.get().and_then(Weak::upgrade)
     }
 
+    /// Business time from the gate's clock (the epoch before it is attached, which
+    /// only makes caches look stale).
     fn now(&self) -> Timestamp {
-        match self.gate() {
-            Some(g) => g.clock.now(),
-            None => Timestamp::from_system(std::time::SystemTime::now()),
-        }
+        self.gate().map(|g| g.clock.now()).unwrap_or_default()
     }
 
     /// Approver id → Slack user id.

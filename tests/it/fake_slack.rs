@@ -68,6 +68,8 @@ pub struct SocketConn {
     /// Every text message the client sent, parsed, with when it arrived.
     pub received: Arc<Mutex<Vec<(Instant, Value)>>>,
     pub closed: Arc<std::sync::atomic::AtomicBool>,
+    pub opened_at: Instant,
+    pub closed_at: Arc<Mutex<Option<Instant>>>,
 }
 
 #[derive(Default)]
@@ -489,6 +491,8 @@ async fn socket_conn(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, ch
         tx,
         received: Arc::new(Mutex::new(Vec::new())),
         closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        opened_at: Instant::now(),
+        closed_at: Arc::new(Mutex::new(None)),
     });
     let n = {
         let mut s = state.lock().unwrap();
@@ -521,6 +525,7 @@ async fn socket_conn(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, ch
             },
         }
     }
+    *conn.closed_at.lock().unwrap() = Some(Instant::now());
     conn.closed.store(true, Ordering::SeqCst);
     changed.notify_waiters();
 }

@@ -685,6 +685,12 @@ async fn socket_mode_refresh_mid_traffic_loses_and_duplicates_nothing() {
         })
         .await;
     assert!(!conns[1].closed.load(std::sync::atomic::Ordering::SeqCst));
+    let old_closed = conns[0].closed_at.lock().unwrap().unwrap();
+    assert!(conns[1].opened_at < old_closed, "the new connection opened before the old one was dropped");
+    println!(
+        "refresh: new connection up {:?} before the old one closed",
+        old_closed.duration_since(conns[1].opened_at)
+    );
     assert!(conns[0].ticket.starts_with("ticket=") && conns[0].ticket != conns[1].ticket, "a fresh URL each time");
     t.slack.send_envelope(1, "env-5", &env(4));
     t.slack.send_envelope(1, "env-6", &env(5));

@@ -18,12 +18,13 @@ use tokio::sync::watch;
 
 use crate::audit::{AuditLog, CheckpointCopy, Durability, Event, WriterOptions};
 use crate::clock::Clock;
-use crate::config::{Config, Secrets, StoreBackend};
+use crate::config::{Config, Secrets, SlackMode, StoreBackend};
 use crate::control::Control;
 use crate::gate::{token_digest, Gate, Live, Settings};
 use crate::metrics::Metrics;
 use crate::notify::{LogNotifier, Notifiers};
 use crate::policy::{PolicyBundle, PolicyError};
+use crate::slack::{Slack, SlackSetupError};
 use crate::store::memory::MemoryStore;
 use crate::store::ApprovalStore;
 use crate::upstream::{Upstream, UpstreamError};
@@ -119,6 +120,8 @@ pub struct App {
     pub gate: Arc<Gate>,
     pub control: Arc<Control>,
     pub config: Config,
+    /// Present when `[slack]` is configured.
+    pub slack: Option<Slack>,
 }
 
 impl App {
@@ -172,7 +175,20 @@ impl App {
                 Durability::Synced,
             )
             .await?;
-        let notifiers = Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() })]);
+        let mut notifiers =
+            Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() })]);
+        let slack = match &config.slack {
+            Some(sc) => {
+                let s = Slack::new(sc, &secrets, &config.server.public_url).map_err(|e| match e {
+                    SlackSetupError::Invalid { key, message } => {
+                        AppError::Config { file: config.file.display().to_string(), key: key.into(), message }
+                    }
+                })?;
+                notifiers.push(Arc::new(s.clone()));
+                Some(s)
+            }
+            None => None,
+        };
         let s = &config.server;
         let settings = Settings {
             hold_timeout: s.hold_timeout,
@@ -185,9 +201,12 @@ impl App {
             body_read_timeout: s.body_read_timeout,
         };
         let gate = Gate::new(live, store, audit, clock, metrics, notifiers, settings);
+        if let Some(s) = &slack {
+            s.attach(&gate);
+        }
         let metrics_token = config.server.metrics_token.as_ref().and_then(|r| secrets.get(r)).cloned();
-        let control = Arc::new(Control { gate: gate.clone(), metrics_token });
-        Ok(App { gate, control, config })
+        let control = Arc::new(Control { gate: gate.clone(), metrics_token, slack: slack.clone() });
+        Ok(App { gate, control, config, slack })
     }
 
     /// The reloader for this app: SIGHUP and rules-directory changes call it.
@@ -219,11 +238,16 @@ impl App {
         };
         let control_task = {
             let ctl = self.control.clone();
-            tokio::spawn(accept_loop(control, h1, graceful.clone(), stop_rx, move |req| {
+            tokio::spawn(accept_loop(control, h1, graceful.clone(), stop_rx.clone(), move |req| {
                 let ctl = ctl.clone();
                 async move { Ok::<_, Infallible>(ctl.handle(req).await) }
             }))
         };
+        let socket_task = self
+            .slack
+            .clone()
+            .filter(|s| s.mode() == SlackMode::Socket)
+            .map(|s| tokio::spawn(s.run_socket(stop_rx.clone())));
         tracing::info!("serving");
         let reason = shutdown.await;
         tracing::info!(reason = %reason, "shutting down");
@@ -233,6 +257,9 @@ impl App {
         let _ = stop_tx.send(true);
         let _ = agent_task.await;
         let _ = control_task.await;
+        if let Some(t) = socket_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
         let grace = self.config.server.shutdown_grace;
         match Arc::try_unwrap(graceful) {
             Ok(g) => {
@@ -241,6 +268,13 @@ impl App {
                 }
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+        if let Some(slack) = &self.slack {
+            // Let the last card updates (interrupted approvals) reach Slack.
+            let left = slack.drain(grace.min(Duration::from_secs(5))).await;
+            if left > 0 {
+                tracing::warn!(left, "slack card updates not delivered before shutdown");
+            }
         }
         if let Err(e) = gate.audit.append(Event::Shutdown { reason, interrupted }, Durability::Synced).await {
             tracing::error!(error = %e, "shutdown record not written");

@@ -286,6 +286,9 @@ pub struct FileSlack {
     pub mode: Option<String>,
     pub app_token_env: Option<String>,
     pub app_token_file: Option<String>,
+    /// Extension: least time between two calls for one channel (Slack allows
+    /// about one message per second per channel). Default "1s".
+    pub post_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -445,6 +448,7 @@ pub struct SlackConfig {
     pub api_base: String,
     pub mode: SlackMode,
     pub app_token: Option<SecretRef>,
+    pub post_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1068,7 +1072,12 @@ impl Validator<'_> {
                 if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
                     return Err(self.err("slack.api_base", "must be an http:// or https:// URL"));
                 }
-                Some(SlackConfig { bot_token, signing_secret, api_base, mode, app_token })
+                let post_interval =
+                    self.duration("slack.post_interval", sl.post_interval.as_deref(), Duration::from_secs(1))?;
+                if post_interval > Duration::from_secs(60) {
+                    return Err(self.err("slack.post_interval", "must be at most 60s"));
+                }
+                Some(SlackConfig { bot_token, signing_secret, api_base, mode, app_token, post_interval })
             }
         };
 
@@ -1257,6 +1266,10 @@ rules = "rules"
             (MIN.to_string() + "[routes.r]\napprovers=[\"ghost\"]\n", "routes.r.approvers"),
             (MIN.to_string() + "[routes.r]\nescalate_to=\"nowhere\"\n", "routes.r.escalate_to"),
             (MIN.to_string() + "[routes.r]\nslack_channel=\"C1\"\n", "routes.r.slack_channel"),
+            (
+                MIN.to_string() + "[slack]\nbot_token_env=\"B\"\nsigning_secret_env=\"S\"\npost_interval=\"2m\"\n",
+                "slack.post_interval",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(&text).expect_err(key);
@@ -1299,5 +1312,8 @@ rules = "rules"
         let c = Config::load(&path).unwrap();
         assert!(!c.upstreams.is_empty());
         assert!(c.routes.contains_key("finance-oncall"));
+        let slack = c.slack.as_ref().expect("the example configures [slack]");
+        assert_eq!((slack.mode, slack.post_interval), (SlackMode::Http, Duration::from_secs(1)));
+        assert_eq!(c.routes["finance-oncall"].slack_usergroup.as_deref(), Some("S0FINANCE"));
     }
 }

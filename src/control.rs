@@ -1,5 +1,6 @@
 //! The control listener: people and ops. `/v1/admin/*`, `/healthz`, `/readyz`,
-//! `/metrics` (and, as they land, `/slack/*` and `/ui`).
+//! `/metrics`, `/slack/interactions` (handled by [`crate::slack`]) and, as it
+//! lands, `/ui`.
 //!
 //! Agents never reach this listener's decision endpoints: an agent token gets 403,
 //! and config check refuses an upstream that points here.
@@ -28,6 +29,8 @@ const MAX_BULK: usize = 1000;
 pub struct Control {
     pub gate: Arc<Gate>,
     pub metrics_token: Option<Secret>,
+    /// Present when `[slack]` is configured.
+    pub slack: Option<crate::slack::Slack>,
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response<Body> {
@@ -128,6 +131,10 @@ impl Control {
             (Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
             (Method::GET, "/readyz") => self.readyz().await,
             (Method::GET, "/metrics") => self.metrics(&req).await,
+            (Method::POST, "/slack/interactions") => match &self.slack {
+                Some(slack) => slack.handle_http(req).await,
+                None => error(StatusCode::NOT_FOUND, "not_found", "slack is not configured"),
+            },
             (_, p) if p.starts_with("/v1/admin/") => self.admin(req).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}")),
         }

@@ -14,7 +14,8 @@
 //! - [`store`]: approvals and grants (memory; Redis for replicas).
 //! - [`upstream`]: the forwarder, the only code that talks to upstreams.
 //! - [`audit`]: the hash-chained log, its writer and its verifier.
-//! - [`notify`]: who hears about approvals.
+//! - [`notify`]: who hears about approvals; [`slack`]: cards, decisions from
+//!   Slack, Socket Mode.
 //! - Small pieces: [`approval`], [`fingerprint`], [`refusal`], [`respond`],
 //!   [`redact`], [`metrics`], [`clock`], [`explain`].
 #![forbid(unsafe_code)]
@@ -39,5 +40,6 @@ pub mod redact;
 pub mod refusal;
 pub mod reload;
 pub mod respond;
+pub mod slack;
 pub mod store;
 pub mod upstream;

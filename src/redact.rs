@@ -41,6 +41,65 @@ pub fn header_value<'a>(name: &str, value: &'a str, extra: Option<&str>) -> &'a 
     }
 }
 
+/// Whether a display field (a summary key, say) names a credential by its name.
+pub fn is_sensitive_field(name: &str) -> bool {
+    let l = name.to_ascii_lowercase().replace('_', "-");
+    is_sensitive_header(&l, None)
+        || ["token", "secret", "password", "passwd", "credential", "private-key", "apikey", "api-key", "cookie"]
+            .iter()
+            .any(|w| l.contains(w))
+}
+
+/// Well-known credential shapes: API keys and tokens with a recognisable prefix.
+const CREDENTIAL_PREFIXES: &[&str] = &[
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "whsec_",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxs-",
+    "xapp-",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "github_pat_",
+    "glpat-",
+    "AKIA",
+    "AIza",
+    "eyJ",
+];
+
+/// Whether one word of text looks like a credential.
+pub fn looks_like_credential(word: &str) -> bool {
+    let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-');
+    w.len() >= 12 && CREDENTIAL_PREFIXES.iter().any(|p| w.starts_with(p))
+}
+
+/// `text` with every credential-looking word, and whatever follows an
+/// `Authorization`-style scheme word (`Bearer`, `Basic`, `token`), replaced by
+/// [`REDACTED`]. For free text shown to people: justifications, summary values.
+pub fn mask_credentials(text: &str) -> std::borrow::Cow<'_, str> {
+    let words: Vec<&str> = text.split(' ').collect();
+    let schemes = ["bearer", "basic", "token"];
+    let mut hide = vec![false; words.len()];
+    for (i, w) in words.iter().enumerate() {
+        if looks_like_credential(w) {
+            hide[i] = true;
+        }
+        if schemes.iter().any(|s| w.eq_ignore_ascii_case(s)) && words.get(i + 1).is_some_and(|n| n.len() >= 8) {
+            hide[i + 1] = true;
+        }
+    }
+    if !hide.iter().any(|h| *h) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let out: Vec<&str> = words.iter().zip(&hide).map(|(w, h)| if *h { REDACTED } else { *w }).collect();
+    std::borrow::Cow::Owned(out.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +112,26 @@ mod tests {
         assert!(is_sensitive_header("x-stripe-auth", Some("X-Stripe-Auth")));
         for h in ["content-type", "idempotency-key", "stripe-version", "accept"] {
             assert!(!is_sensitive_header(h, None), "{h}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_text_are_masked() {
+        let cases = [
+            ("duplicate charge", "duplicate charge"),
+            ("use sk_live_51Habcdefghijk please", "use [redacted] please"),
+            ("header was Bearer abcdefghijkl", "header was Bearer [redacted]"),
+            ("token xoxb-1234-5678-abcdef", "token [redacted]"),
+            ("the token is short", "the token is short"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(mask_credentials(input), want, "{input}");
+        }
+        for k in ["api_key", "Authorization", "stripe_secret", "password", "session_token"] {
+            assert!(is_sensitive_field(k), "{k}");
+        }
+        for k in ["amount", "customer", "charge"] {
+            assert!(!is_sensitive_field(k), "{k}");
         }
     }
 }

@@ -182,7 +182,36 @@ pub struct Options {
     pub hooks: approvalplane::app::Hooks,
     pub watch_rules: bool,
     pub policy_toml: String,
+    /// The `[[approver]]` and `[routes.*]` part of the config.
+    pub people_toml: String,
+    /// Extra environment variables (secrets named by `extra_toml`).
+    pub env: Vec<(String, String)>,
 }
+
+/// The default approvers and routes.
+pub const PEOPLE_TOML: &str = r#"
+[[approver]]
+id = "alice"
+token_env = "ALICE_TOKEN"
+
+[[approver]]
+id = "bob"
+token_env = "BOB_TOKEN"
+
+[[approver]]
+id = "carol"
+token_env = "CAROL_TOKEN"
+
+[routes.finance-oncall]
+approvers = ["alice", "bob"]
+escalate_to = "finance-leads"
+
+[routes.finance-leads]
+approvers = ["carol"]
+
+[routes.eng-oncall]
+approvers = ["carol"]
+"#;
 
 impl Options {
     pub fn new(upstream: &FakeUpstream) -> Options {
@@ -196,6 +225,8 @@ impl Options {
             hooks: Default::default(),
             watch_rules: false,
             policy_toml: String::new(),
+            people_toml: PEOPLE_TOML.to_string(),
+            env: Vec::new(),
         }
     }
 }
@@ -276,28 +307,7 @@ token_env = "AGENT_TOKEN"
 id = "other-agent"
 token_env = "OTHER_AGENT_TOKEN"
 
-[[approver]]
-id = "alice"
-token_env = "ALICE_TOKEN"
-
-[[approver]]
-id = "bob"
-token_env = "BOB_TOKEN"
-
-[[approver]]
-id = "carol"
-token_env = "CAROL_TOKEN"
-
-[routes.finance-oncall]
-approvers = ["alice", "bob"]
-escalate_to = "finance-leads"
-
-[routes.finance-leads]
-approvers = ["carol"]
-
-[routes.eng-oncall]
-approvers = ["carol"]
-
+{people}
 [policy]
 rules = "rules"
 {policy}
@@ -310,11 +320,12 @@ path = "audit"
             url = o.upstream_url,
             extra = o.extra_toml,
             policy = o.policy_toml,
+            people = o.people_toml,
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, &toml).unwrap();
         let cfg = Config::load(&file).unwrap();
-        let env = MapEnv(BTreeMap::from([
+        let mut env = MapEnv(BTreeMap::from([
             ("AGENT_TOKEN".into(), AGENT_TOKEN.into()),
             ("OTHER_AGENT_TOKEN".into(), OTHER_AGENT_TOKEN.into()),
             ("ALICE_TOKEN".into(), ALICE.into()),
@@ -322,6 +333,7 @@ path = "audit"
             ("CAROL_TOKEN".into(), CAROL.into()),
             ("STRIPE_AUTH".into(), UPSTREAM_SECRET.into()),
         ]));
+        env.0.extend(o.env.iter().cloned());
         let (secrets, _) = cfg.resolve_secrets(&env).unwrap();
         let watch = cfg.policy.watch_interval;
         let app = App::build_with(cfg, secrets, o.clock.clone(), "test", o.hooks.clone()).await.unwrap();

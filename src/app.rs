@@ -22,10 +22,11 @@ use crate::config::{Config, Secrets, StoreBackend};
 use crate::control::Control;
 use crate::gate::{token_digest, Gate, Live, Settings};
 use crate::metrics::Metrics;
-use crate::notify::{LogNotifier, Notifiers};
+use crate::notify::{GateRef, LogNotifier, Notifiers, PhoneDeps, Retry};
 use crate::policy::{PolicyBundle, PolicyError};
 use crate::store::memory::MemoryStore;
 use crate::store::ApprovalStore;
+use crate::ui::{Keys, LiveFeed, SignInLinks, Ui};
 use crate::upstream::{Upstream, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +140,31 @@ impl App {
             )
             .await?;
         let metrics = Arc::new(Metrics::new());
-        let notifiers = Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() })]);
+        // Web sessions and sign-in links: signed with a key derived from
+        // store.hmac_key when set (shared by replicas), else random per process.
+        let keys = Arc::new(Keys::new(config.store.hmac_key.as_ref().and_then(|r| secrets.get(r))));
+        let links = Arc::new(SignInLinks::new(keys.clone(), &config.server.public_url, clock.clone()));
+        let feed = Arc::new(LiveFeed::new());
+        let gate_ref = GateRef::default();
+        let mut notifiers =
+            Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() }), feed.clone()]);
+        let deps = PhoneDeps {
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            links: links.clone(),
+            gate: gate_ref.clone(),
+            retry: Retry::default(),
+        };
+        let phone = crate::notify::phone_notifiers(&config, &secrets, deps).map_err(|e| {
+            let (key, message) = match e {
+                crate::notify::NotifyError::BadUrl { key, message } => (key, message),
+                other @ crate::notify::NotifyError::Tls(_) => ("routes".to_string(), other.to_string()),
+            };
+            AppError::Config { file: config.file.display().to_string(), key, message }
+        })?;
+        for n in phone {
+            notifiers.push(n);
+        }
         let s = &config.server;
         let settings = Settings {
             hold_timeout: s.hold_timeout,
@@ -151,8 +176,11 @@ impl App {
             max_body_bytes: s.max_body_bytes,
         };
         let gate = Gate::new(live, store, audit, clock, metrics, notifiers, settings);
+        gate_ref.set(&gate);
         let metrics_token = config.server.metrics_token.as_ref().and_then(|r| secrets.get(r)).cloned();
-        let control = Arc::new(Control { gate: gate.clone(), metrics_token });
+        let ui =
+            Arc::new(Ui::new(gate.clone(), keys, links, feed, config.audit.path.clone(), &config.server.public_url));
+        let control = Arc::new(Control { gate: gate.clone(), metrics_token, ui });
         Ok(App { gate, control, config })
     }
 

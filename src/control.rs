@@ -1,5 +1,5 @@
 //! The control listener: people and ops. `/v1/admin/*`, `/healthz`, `/readyz`,
-//! `/metrics` (and, as they land, `/slack/*` and `/ui`).
+//! `/metrics`, `/ui` (the web page, [`crate::ui`]) and, as it lands, `/slack/*`.
 //!
 //! Agents never reach this listener's decision endpoints: an agent token gets 403,
 //! and config check refuses an upstream that points here.
@@ -28,6 +28,8 @@ const MAX_BULK: usize = 1000;
 pub struct Control {
     pub gate: Arc<Gate>,
     pub metrics_token: Option<Secret>,
+    /// The approver web page, `/ui`.
+    pub ui: Arc<crate::ui::Ui>,
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response<Body> {
@@ -129,6 +131,7 @@ impl Control {
             (Method::GET, "/readyz") => self.readyz().await,
             (Method::GET, "/metrics") => self.metrics(&req).await,
             (_, p) if p.starts_with("/v1/admin/") => self.admin(req).await,
+            (_, p) if p == "/ui" || p.starts_with("/ui/") => self.ui.handle(req).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}")),
         }
     }

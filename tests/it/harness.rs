@@ -178,6 +178,11 @@ pub struct Options {
     pub server_toml: String,
     pub clock: Arc<dyn Clock>,
     pub ca_pem: Option<String>,
+    /// Extra environment for secrets the extra TOML names.
+    pub env: Vec<(&'static str, String)>,
+    /// Extra keys of `[routes.finance-oncall]` and of approver alice.
+    pub finance_route_toml: String,
+    pub alice_toml: String,
 }
 
 impl Options {
@@ -189,6 +194,9 @@ impl Options {
             server_toml: "hold_timeout = \"10s\"\n".into(),
             clock: Arc::new(SystemClock),
             ca_pem: None,
+            env: Vec::new(),
+            finance_route_toml: String::new(),
+            alice_toml: String::new(),
         }
     }
 }
@@ -272,6 +280,7 @@ token_env = "OTHER_AGENT_TOKEN"
 [[approver]]
 id = "alice"
 token_env = "ALICE_TOKEN"
+{alice}
 
 [[approver]]
 id = "bob"
@@ -284,6 +293,7 @@ token_env = "CAROL_TOKEN"
 [routes.finance-oncall]
 approvers = ["alice", "bob"]
 escalate_to = "finance-leads"
+{finance}
 
 [routes.finance-leads]
 approvers = ["carol"]
@@ -301,11 +311,13 @@ path = "audit"
             server = o.server_toml,
             url = o.upstream_url,
             extra = o.extra_toml,
+            alice = o.alice_toml,
+            finance = o.finance_route_toml,
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, &toml).unwrap();
         let cfg = Config::load(&file).unwrap();
-        let env = MapEnv(BTreeMap::from([
+        let mut env = MapEnv(BTreeMap::from([
             ("AGENT_TOKEN".into(), AGENT_TOKEN.into()),
             ("OTHER_AGENT_TOKEN".into(), OTHER_AGENT_TOKEN.into()),
             ("ALICE_TOKEN".into(), ALICE.into()),
@@ -313,6 +325,9 @@ path = "audit"
             ("CAROL_TOKEN".into(), CAROL.into()),
             ("STRIPE_AUTH".into(), UPSTREAM_SECRET.into()),
         ]));
+        for (k, v) in &o.env {
+            env = env.with(k, v);
+        }
         let (secrets, _) = cfg.resolve_secrets(&env).unwrap();
         let app = App::build(cfg, secrets, o.clock.clone(), "test").await.unwrap();
         let agent_l = TcpListener::bind("127.0.0.1:0").await.unwrap();

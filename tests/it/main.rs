@@ -6,6 +6,8 @@ mod admin;
 mod audit_cli;
 mod cli;
 mod hold;
+mod notify_webhook;
 mod proxy;
 mod timers;
 mod tls;
+mod ui;

@@ -218,11 +218,10 @@ impl Ui {
         let (pre, set) = self.pre(h);
         let csrf = self.keys.csrf_for_pre(&pre);
         // Arriving from another site (a link in a chat or mail app), the browser
-        // withholds SameSite=Strict cookies: reload once from here to send them.
-        let refresh = status == StatusCode::OK
-            && error.is_none()
-            && header(h, "sec-fetch-site") == Some("cross-site")
-            && cookie(h, SESSION_COOKIE).is_some();
+        // withholds SameSite=Strict cookies, so a signed-in approver would land
+        // here. Reload once: the reload comes from this page, so it is same-site,
+        // carries the session cookie if there is one, and is not refreshed again.
+        let refresh = status == StatusCode::OK && error.is_none() && header(h, "sec-fetch-site") == Some("cross-site");
         let page = render::page("Sign in", None, "", &render::signin(&csrf, safe_next(next), error), refresh);
         self.with_pre(html(status, page), &pre, set)
     }
@@ -236,7 +235,8 @@ impl Ui {
             }
         }
         drop(live);
-        let method = req.method().clone();
+        // HEAD is answered as GET (hyper sends no body).
+        let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
         if method == Method::POST && header(req.headers(), "sec-fetch-site") == Some("cross-site") {
             return self.refusal(StatusCode::FORBIDDEN, "Forbidden", "Cross-site form posts are refused.");
         }

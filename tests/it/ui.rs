@@ -170,6 +170,14 @@ async fn without_a_session_the_page_is_the_sign_in_page_and_shows_no_approval() 
     let r = Browser::new(&app).get("/ui").await;
     let pre = r.headers["set-cookie"].to_str().expect("ascii");
     assert!(pre.starts_with("ap_pre=") && pre.contains("HttpOnly") && pre.contains("SameSite=Strict"), "{pre}");
+    // Arriving from another site, the sign-in page reloads itself once (same-site,
+    // so a SameSite=Strict session cookie is sent); from here it does not.
+    let r = call("GET", &format!("{}/ui", app.control), &[("sec-fetch-site", "cross-site")], "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("<meta name=\"viewport\"") && r.text().contains("http-equiv=\"refresh\""));
+    let r = call("GET", &format!("{}/ui", app.control), &[("sec-fetch-site", "same-origin")], "").await;
+    assert!(!r.text().contains("http-equiv=\"refresh\""));
+    assert_eq!(call("HEAD", &format!("{}/ui", app.control), &[], "").await.status, 200);
     // The live feed and partial views need a session too.
     assert_eq!(b.get("/ui/events").await.status, 401);
     let r = call("GET", &format!("{}/ui", app.control), &[("x-ap-partial", "1")], "").await;

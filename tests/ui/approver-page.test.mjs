@@ -333,6 +333,28 @@ test("a signed link from a push signs alice in; she rejects the refund and the a
   await page.close();
 });
 
+test("a link from another site lands a signed-in approver on the page, not on sign-in", async () => {
+  // SameSite=Strict withholds the session cookie on a cross-site navigation (a
+  // link in a chat or mail app); the page reloads itself once to send it.
+  // localhost and 127.0.0.1 are different sites.
+  const elsewhere = http.createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end(`<!doctype html><a id="go" href="${controlUrl}/ui/history">open the approvals</a>`);
+  });
+  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://localhost:${elsewhere.address().port}/`);
+    await page.locator("#go").click();
+    await page.locator(".who .approver").waitFor({ timeout: 5000 });
+    assert.equal(await page.locator(".who .approver").innerText(), "alice");
+    assert.match(page.url(), /\/ui\/history$/);
+    await page.close();
+  } finally {
+    await new Promise((r) => elsewhere.close(r));
+  }
+});
+
 test("a second refund appears live, alice approves it, and the agent's request completes", async () => {
   const page = await browser.newPage();
   await page.goto(`${controlUrl}/ui`);

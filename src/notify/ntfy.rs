@@ -213,7 +213,11 @@ impl Notifier for ApproverPush {
         who.sort();
         who.dedup();
         let Some((title, prio, tags)) = headline(change, a) else { return };
-        let text = format!("{}\nTap to sign in and decide (the link works once, for 15 minutes).", message_text(a));
+        let text = format!(
+            "{}\nTap to sign in and decide (the link works once, for {} minutes).",
+            message_text(a),
+            crate::ui::auth::LINK_TTL.as_secs() / 60
+        );
         for p in who {
             // Checked again at decision time; this only avoids pointless links.
             if !live.may_decide(p, a) {

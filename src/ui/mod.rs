@@ -749,6 +749,10 @@ fn field_text(v: &Value) -> Option<String> {
 /// The audit records of approval `id`, verified on the way: what happened, a note
 /// when the log is unreadable or fails verification, and the agent's payload when
 /// a decision record carries it.
+///
+/// This scans every chain file under `dir` (on a blocking thread): fine for the
+/// retention a proxy keeps locally; a long-lived log would want an index by
+/// approval id.
 pub fn read_trail(dir: &Path, id: &str) -> (Vec<TrailItem>, Option<String>, Option<String>) {
     let mut items = Vec::new();
     let mut payload = None;

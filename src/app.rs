@@ -22,11 +22,12 @@ use crate::config::{Config, Secrets, SlackMode, StoreBackend};
 use crate::control::Control;
 use crate::gate::{token_digest, Gate, Live, Settings};
 use crate::metrics::Metrics;
-use crate::notify::{LogNotifier, Notifiers};
+use crate::notify::{GateRef, LogNotifier, Notifiers, PhoneDeps, Retry};
 use crate::policy::{PolicyBundle, PolicyError};
 use crate::slack::{Slack, SlackSetupError};
 use crate::store::memory::MemoryStore;
 use crate::store::ApprovalStore;
+use crate::ui::{Keys, LiveFeed, SignInLinks, Ui};
 use crate::upstream::{Upstream, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -175,8 +176,31 @@ impl App {
                 Durability::Synced,
             )
             .await?;
+        // Web sessions and sign-in links: signed with a key derived from
+        // store.hmac_key when set (shared by replicas), else random per process.
+        let keys = Arc::new(Keys::new(config.store.hmac_key.as_ref().and_then(|r| secrets.get(r))));
+        let links = Arc::new(SignInLinks::new(keys.clone(), &config.server.public_url, clock.clone()));
+        let feed = Arc::new(LiveFeed::new());
+        let gate_ref = GateRef::default();
         let mut notifiers =
-            Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() })]);
+            Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() }), feed.clone()]);
+        let deps = PhoneDeps {
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            links: links.clone(),
+            gate: gate_ref.clone(),
+            retry: Retry::default(),
+        };
+        let phone = crate::notify::phone_notifiers(&config, &secrets, deps).map_err(|e| {
+            let (key, message) = match e {
+                crate::notify::NotifyError::BadUrl { key, message } => (key, message),
+                other @ crate::notify::NotifyError::Tls(_) => ("routes".to_string(), other.to_string()),
+            };
+            AppError::Config { file: config.file.display().to_string(), key, message }
+        })?;
+        for n in phone {
+            notifiers.push(n);
+        }
         let slack = match &config.slack {
             Some(sc) => {
                 let s = Slack::new(sc, &secrets, &config.server.public_url).map_err(|e| match e {
@@ -204,8 +228,11 @@ impl App {
         if let Some(s) = &slack {
             s.attach(&gate);
         }
+        gate_ref.set(&gate);
         let metrics_token = config.server.metrics_token.as_ref().and_then(|r| secrets.get(r)).cloned();
-        let control = Arc::new(Control { gate: gate.clone(), metrics_token, slack: slack.clone() });
+        let ui =
+            Arc::new(Ui::new(gate.clone(), keys, links, feed, config.audit.path.clone(), &config.server.public_url));
+        let control = Arc::new(Control { gate: gate.clone(), metrics_token, slack: slack.clone(), ui });
         Ok(App { gate, control, config, slack })
     }
 

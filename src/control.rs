@@ -1,6 +1,6 @@
 //! The control listener: people and ops. `/v1/admin/*`, `/healthz`, `/readyz`,
-//! `/metrics`, `/slack/interactions` (handled by [`crate::slack`]) and, as it
-//! lands, `/ui`.
+//! `/metrics`, `/slack/interactions` (handled by [`crate::slack`]) and `/ui` (the
+//! web page, [`crate::ui`]).
 //!
 //! Agents never reach this listener's decision endpoints: an agent token gets 403,
 //! and config check refuses an upstream that points here.
@@ -31,6 +31,8 @@ pub struct Control {
     pub metrics_token: Option<Secret>,
     /// Present when `[slack]` is configured.
     pub slack: Option<crate::slack::Slack>,
+    /// The approver web page, `/ui`.
+    pub ui: Arc<crate::ui::Ui>,
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response<Body> {
@@ -136,6 +138,7 @@ impl Control {
                 None => error(StatusCode::NOT_FOUND, "not_found", "slack is not configured"),
             },
             (_, p) if p.starts_with("/v1/admin/") => self.admin(req).await,
+            (_, p) if p == "/ui" || p.starts_with("/ui/") => self.ui.handle(req).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}")),
         }
     }

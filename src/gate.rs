@@ -201,6 +201,11 @@ impl Gate {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Turns true when shutdown starts; long-lived streams end on it.
+    pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
     /// Identifies the agent by token digest. `None` when agents are configured and
     /// the token is unknown; `anonymous` when none are configured.
     pub fn agent_for(&self, live: &Live, token: Option<&str>) -> Option<String> {

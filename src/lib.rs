@@ -7,15 +7,16 @@
 //! - [`config`]: the TOML file, strictly parsed and validated.
 //! - [`app`]: assembly, and serving both listeners.
 //! - [`proxy`]: the agent-facing listener (proxy routes); [`api`]: `request_approval`.
-//! - [`control`]: the control listener (admin API, health, metrics).
+//! - [`control`]: the control listener (admin API, health, metrics);
+//!   [`ui`]: the approver web page on it.
 //! - [`gate`]: classify → decide → hold → forward or refuse → record.
 //! - [`reload`]: safe reload on SIGHUP and rules changes.
 //! - [`policy`]: Rego rules (regorus), the input document, the combiner.
 //! - [`store`]: approvals and grants (memory; Redis for replicas).
 //! - [`upstream`]: the forwarder, the only code that talks to upstreams.
 //! - [`audit`]: the hash-chained log, its writer and its verifier.
-//! - [`notify`]: who hears about approvals; [`slack`]: cards, decisions from
-//!   Slack, Socket Mode.
+//! - [`notify`]: who hears about approvals (log, webhooks, phone pushes);
+//!   [`slack`]: cards, decisions from Slack, Socket Mode; [`ui`]: the approver web page.
 //! - Small pieces: [`approval`], [`fingerprint`], [`refusal`], [`respond`],
 //!   [`redact`], [`metrics`], [`clock`], [`explain`].
 #![forbid(unsafe_code)]
@@ -42,4 +43,5 @@ pub mod reload;
 pub mod respond;
 pub mod slack;
 pub mod store;
+pub mod ui;
 pub mod upstream;

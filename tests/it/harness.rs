@@ -186,6 +186,10 @@ pub struct Options {
     pub people_toml: String,
     /// Extra environment variables (secrets named by `extra_toml`).
     pub env: Vec<(String, String)>,
+    /// Extra keys of `[routes.finance-oncall]` and of approver alice (added to
+    /// the default people).
+    pub finance_route_toml: String,
+    pub alice_toml: String,
 }
 
 /// The default approvers and routes.
@@ -227,6 +231,8 @@ impl Options {
             policy_toml: String::new(),
             people_toml: PEOPLE_TOML.to_string(),
             env: Vec::new(),
+            finance_route_toml: String::new(),
+            alice_toml: String::new(),
         }
     }
 }
@@ -320,7 +326,13 @@ path = "audit"
             url = o.upstream_url,
             extra = o.extra_toml,
             policy = o.policy_toml,
-            people = o.people_toml,
+            people = o
+                .people_toml
+                .replace("token_env = \"ALICE_TOKEN\"\n", &format!("token_env = \"ALICE_TOKEN\"\n{}\n", o.alice_toml))
+                .replace(
+                    "escalate_to = \"finance-leads\"\n",
+                    &format!("escalate_to = \"finance-leads\"\n{}\n", o.finance_route_toml)
+                ),
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, &toml).unwrap();

@@ -238,8 +238,8 @@ def test_compose_parses_and_hangs_together():
         assert host in services, f"upstream {up['name']} points at {host!r}, which is not a compose service"
         port = urllib.parse.urlsplit(up["url"]).port or 80
         env = services[host].get("environment") or {}
-        assert str(env.get("PORT", "80")) == str(port), \
-            f"upstream {up['name']} expects port {port}; the {host} service listens on {env.get('PORT', 80)}"
+        assert str(env.get("PORT")) == str(port), \
+            f"upstream {up['name']} expects port {port}; the {host} service sets PORT={env.get('PORT')}"
 
     listen_port = port_of(docker_cfg["server"]["listen"])
     control_port = port_of(docker_cfg["server"]["control_listen"])

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod explain;
 mod fake_slack;
+mod fuzz_corpus;
 mod hold;
 mod hostile;
 mod notify_webhook;

@@ -716,4 +716,38 @@ mod tests {
         assert!(report.records > 301, "the records plus checkpoints: {}", report.records);
         assert!(report.chains[0].checkpoints >= 2, "at rotation and at close");
     }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_moved_aside_and_recorded_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::start(opts(dir.path(), 1 << 20), Arc::new(SystemClock), "sha256:abc").unwrap();
+        log.append(Event::Shutdown { reason: "a".into(), interrupted: vec![] }, Durability::Synced).await.unwrap();
+        log.close().await;
+        let first = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let mut f = OpenOptions::new().append(true).open(&first).unwrap();
+        f.write_all(b"{\"v\":1,\"chain\":\"half a rec").unwrap();
+        drop(f);
+        let warn = crate::audit::verify::verify_path(dir.path(), &Default::default()).unwrap();
+        assert!(warn.intact() && warn.warnings.iter().any(|w| w.contains("torn tail")), "{:?}", warn.warnings);
+        let log = AuditLog::start(opts(dir.path(), 1 << 20), Arc::new(SystemClock), "sha256:abc").unwrap();
+        log.close().await;
+        assert!(std::fs::read(&first).unwrap().ends_with(b"\n"), "the torn fragment was cut");
+        let moved: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".torn-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "the fragment was moved aside");
+        let mut recovery = None;
+        let report = crate::audit::verify::verify_with(dir.path(), &Default::default(), |v| {
+            if v["kind"] == "recovery" {
+                recovery = Some(v.clone());
+            }
+        })
+        .unwrap();
+        assert!(report.intact() && report.warnings.is_empty(), "{:?} {:?}", report.findings, report.warnings);
+        let r = recovery.expect("a recovery record in the new chain");
+        assert_eq!(r["torn_bytes"], 26);
+        assert_eq!(r["last_seq"], 2, "genesis, the record, the final checkpoint");
+    }
 }

@@ -227,7 +227,7 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
     grace = 4.0
 
     def slow(req):
-        if req.path_only == "/slow":
+        if req.path_only == "/slow" or b"slow=1" in req.body:
             time.sleep(1.0)
         return echo_responder(req)
 
@@ -236,6 +236,12 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
                        rules={"main.rego": RULES_V1}, secrets=SECRETS)
     alice = ap.admin(ALICE_TOKEN)
 
+    # An approved request whose one forward is in flight to a slow upstream.
+    approved = Background(lambda: requests.post(ap.proxy_url + "/echo/refund", data=b"amount=8&slow=1",
+                                                headers=AUTH, timeout=40))
+    alice.approve(alice.wait_for_approval()["id"])
+    wait_until(lambda: up.matching("POST", "/refund"), 5, interval=0.02,
+               message="the approved refund did not reach the upstream")
     # A held proxied request and a held request_approval call.
     held = Background(lambda: requests.post(ap.proxy_url + "/echo/refund", data=b"amount=7", headers=AUTH,
                                             timeout=40))
@@ -247,6 +253,7 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
     # An allowed request in flight to a slow upstream.
     inflight = Background(lambda: requests.get(ap.proxy_url + "/echo/slow", headers=AUTH, timeout=40))
     wait_until(lambda: up.matching("GET", "/slow"), 5, interval=0.02, message="/slow did not reach the upstream")
+    assert not approved.done(), "the approved forward finished before SIGTERM; the upstream is not slow enough"
 
     t0 = time.monotonic()
     ap.signal(signal.SIGTERM)
@@ -268,6 +275,9 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
 
     r = inflight.result(5)
     assert r.status_code == 200 and r.json()["path"] == "/slow", f"in-flight forward: {r.status_code} {r.text}"
+    r = approved.result(5)
+    assert r.status_code == 200 and r.json()["body"] == "amount=8&slow=1", \
+        f"in-flight approved forward: {r.status_code} {r.text}"
     r = held.result(5)
     assert held.finished - t0 < grace, "the held request was not answered at once"
     assert r.status_code == 503, f"held request: {r.status_code} {r.text}"
@@ -278,7 +288,8 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
     else:
         assert r.status_code == 200 and r.json()["status"] == "interrupted", f"{r.status_code} {r.text}"
     assert not up.matching(path="/late"), "a request that arrived during the drain was forwarded"
-    assert not up.matching("POST", "/refund")
+    assert [r.body for r in up.matching("POST", "/refund")] == [b"amount=8&slow=1"], \
+        "only the approved refund may reach the upstream, once"
 
     recs = records(ap)
     ended = {r["approval_id"]: r for r in recs if r["kind"] == "approval_ended"}
@@ -286,8 +297,12 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
         assert aid in ended and ended[aid]["status"] == "interrupted", f"{aid} is not recorded as interrupted"
     (shutdown,) = [r for r in recs if r["kind"] == "shutdown"]
     assert set(shutdown["interrupted"]) == held_ids
-    slow_fw = [r for r in recs if r["kind"] == "forwarded" and r.get("target", "").endswith("/slow")]
+    forwards = [r for r in recs if r["kind"] == "forwarded"]
+    slow_fw = [r for r in forwards if r.get("target", "").endswith("/slow")]
     assert len(slow_fw) == 1 and slow_fw[0]["status"] == 200, "the in-flight forward is not recorded"
+    (grant,) = [r for r in recs if r["kind"] == "grant_used"]
+    refund_fw = [r for r in forwards if r.get("request_id") == grant["request_id"]]
+    assert len(refund_fw) == 1 and refund_fw[0]["status"] == 200, "the approved forward is not recorded"
     last = recs[-1]
     assert last["kind"] == "checkpoint" and last["through_seq"] >= shutdown["seq"], \
         f"the chain does not end with a checkpoint over the shutdown record: {last}"

@@ -484,3 +484,35 @@ async fn audit_failures_refuse_risky_calls_and_follow_fail_mode_for_allowed_ones
         assert_eq!(up.count(), expected, "{fail_mode}");
     }
 }
+
+#[tokio::test]
+async fn checkpoints_are_copied_to_a_url() {
+    use approvalplane::audit::{AuditLog, CheckpointCopy, Durability, Event, WriterOptions};
+    let receiver = FakeUpstream::start(None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = WriterOptions::new(tmp.path().join("audit"), "url-copy");
+    o.checkpoint_every = 3;
+    o.checkpoint_copy = Some(CheckpointCopy::Url(format!("http://{}/checkpoints", receiver.addr)));
+    let log = AuditLog::start(o, Arc::new(approvalplane::clock::SystemClock), "sha256:x").unwrap();
+    for i in 0..7 {
+        log.append(Event::Shutdown { reason: format!("r{i}"), interrupted: vec![] }, Durability::Written)
+            .await
+            .unwrap();
+    }
+    log.close().await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = receiver.received();
+        if got.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(got.len() >= 3, "every checkpoint is posted: {}", got.len());
+    for r in &got {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/checkpoints"));
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["kind"], "checkpoint");
+        assert!(v["through_hash"].as_str().unwrap().len() == 64);
+    }
+}

@@ -416,7 +416,9 @@ def cargo_bins() -> set[str]:
     bins = {b["name"] for b in manifest.get("bin", [])}
     if (REPO_ROOT / "src" / "main.rs").is_file():
         bins.add(manifest["package"]["name"])
-    bins |= {p.stem for p in (REPO_ROOT / "src" / "bin").glob("*.rs")} if (REPO_ROOT / "src" / "bin").is_dir() else set()
+    bin_dir = REPO_ROOT / "src" / "bin"
+    if bin_dir.is_dir():
+        bins |= {p.stem for p in bin_dir.glob("*.rs")}
     return bins
 
 
@@ -686,8 +688,9 @@ def exported_metrics(text: str) -> tuple[set[str], dict[str, set[str]]]:
     seen on each."""
     names: set[str] = set()
     labels: dict[str, set[str]] = {}
-    suffixes = {"counter": ["_total", "_created"], "gauge": [""], "histogram": ["_bucket", "_count", "_sum", "_created"],
-                "summary": ["_count", "_sum", ""], "info": ["_info"], "stateset": [""], "unknown": [""],
+    suffixes = {"counter": ["_total", "_created"], "gauge": [""],
+                "histogram": ["_bucket", "_count", "_sum", "_created"], "summary": ["_count", "_sum", ""],
+                "info": ["_info"], "stateset": [""], "unknown": [""],
                 "gaugehistogram": ["_bucket", "_gcount", "_gsum"]}
     for fam in text_string_to_metric_families(text):
         for suf in suffixes[fam.type]:
@@ -805,6 +808,15 @@ def test_alerts_and_dashboard_use_only_exported_metrics(approvalplane, fake_upst
             if metric in labels:  # only when the flow produced samples of it
                 assert not extra, f"{where}: {metric} has no label(s) {sorted(extra)} " \
                                   f"(it has {sorted(labels[metric])})"
+        # Aggregations and label_values() name labels the metrics carry.
+        metrics = referenced(expr)
+        if metrics and all(m in labels for m in metrics):
+            carried = set().union(*(labels[m] for m in metrics)) | {"le", "instance", "job"}
+            grouped = {g.strip() for m in re.finditer(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+                       for g in m.group(1).split(",") if g.strip()}
+            grouped |= set(re.findall(r"label_values\(\s*[a-z_0-9]+\s*,\s*([a-zA-Z_]+)\s*\)", expr))
+            assert grouped <= carried, f"{where} groups by {sorted(grouped - carried)}, which " \
+                                       f"{sorted(metrics)} do not carry"
     # The dashboard and the alerts together cover the issue's list.
     for family in ("approvalplane_decisions_total", "approvalplane_pending_approvals",
                    "approvalplane_approval_latency_seconds_bucket", "approvalplane_upstream_latency_seconds_bucket",

@@ -3,14 +3,15 @@
   * /metrics parses with the Prometheus client's parser for the Content-Type it
     is served with, and the counters, gauges and histograms move as expected
     through allowed, denied and held -> approved requests;
-  * SIGTERM with requests in every state: an in-flight forward finishes, held
-    requests get 503 shutting_down with Retry-After, their approvals are
-    recorded as interrupted, the chain ends with a shutdown record and a final
-    checkpoint, the process exits 0 within server.shutdown_grace, and the audit
-    log verifies;
+  * SIGTERM with requests in every state: in-flight forwards (allowed, and
+    approved) finish, a request arriving during the drain is refused, held
+    requests get a defined answer (503 shutting_down with Retry-After), their
+    approvals are recorded as interrupted, the chain ends with a shutdown
+    record and a final checkpoint, the process exits 0 within
+    server.shutdown_grace, and the audit log verifies;
   * SIGHUP: an approver and a rule change for new requests, a held request
-    keeps its decision, and broken edits are refused while the old
-    configuration stays active;
+    keeps its decision, broken edits are refused while the old configuration
+    stays active, and secrets given as *_file are read again;
   * `serve --log-format json` writes JSON lines with request and approval ids,
     and never a token.
 """
@@ -422,6 +423,35 @@ def test_sighup_reloads_approvers_and_rules_and_refuses_broken_edits(approvalpla
     assert ap.stop() == 0
     code, out = ap.audit_verify()
     assert code == 0, out
+
+
+def test_sighup_rereads_file_secrets(approvalplane, fake_upstream):
+    """Secrets given as *_file (how Kubernetes Secret volumes update) change on SIGHUP."""
+    up = fake_upstream()
+    cfg = base_config(up.url)
+    cfg["upstream"][0] = {"name": "echo", "url": up.url, "inject_header": "Authorization",
+                          "inject_value_file": "secrets/upstream-auth"}
+    cfg["approver"][0] = {"id": "alice", "token_file": "secrets/alice-token"}
+    cfg["policy"]["watch_interval"] = "0s"
+    ap = approvalplane(cfg, rules={"main.rego": RULES_V1}, secrets=SECRETS,
+                       files={"secrets/upstream-auth": "Bearer sk_live_old\n", "secrets/alice-token": "alice-old\n"})
+    assert requests.get(ap.proxy_url + "/echo/a", headers=AUTH, timeout=HTTP_TIMEOUT).status_code == 200
+    assert up.requests[-1].header("Authorization") == "Bearer sk_live_old"
+    assert ap.admin("alice-old").raw("GET", "/v1/admin/approvals").status_code == 200
+
+    (ap.workdir / "secrets" / "upstream-auth").write_text("Bearer sk_live_new\n")
+    (ap.workdir / "secrets" / "alice-token").write_text("alice-new\n")
+    reload(ap, "policy_loaded")
+    assert requests.get(ap.proxy_url + "/echo/b", headers=AUTH, timeout=HTTP_TIMEOUT).status_code == 200
+    assert up.requests[-1].header("Authorization") == "Bearer sk_live_new"
+    assert ap.admin("alice-old").raw("GET", "/v1/admin/approvals").status_code == 401
+    assert ap.admin("alice-new").raw("GET", "/v1/admin/approvals").status_code == 200
+
+    # A secret file that disappears is refused; the old values stay.
+    (ap.workdir / "secrets" / "alice-token").unlink()
+    reload(ap, "policy_rejected")
+    assert ap.admin("alice-new").raw("GET", "/v1/admin/approvals").status_code == 200
+    assert "sk_live_new" not in ap.stderr_text() + ap.audit_text()
 
 
 # --------------------------------------------------------------------------

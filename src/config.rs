@@ -124,7 +124,7 @@ impl SecretRef {
         }
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             SecretRef::Env { var, .. } => format!("environment variable {var}"),
             SecretRef::File { path, .. } => format!("file {}", path.display()),

@@ -141,6 +141,8 @@ pub struct Gate {
     timers: mpsc::UnboundedSender<(Timestamp, String, TimerKind)>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
+    /// MCP sessions and gateway connections.
+    pub mcp: crate::mcp::Hub,
 }
 
 impl std::fmt::Debug for Gate {
@@ -182,6 +184,7 @@ impl Gate {
             timers: tx,
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
+            mcp: Default::default(),
         });
         tokio::spawn(run_timers(Arc::downgrade(&gate), rx));
         gate

@@ -33,7 +33,7 @@ pub async fn handle(gate: Arc<Gate>, req: Request<Incoming>) -> Response<Body> {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let res = match first {
         "v1" => crate::api::handle(&gate, req, &request_id).await,
-        "mcp" => Err(Refusal::NotFound("this endpoint".into())),
+        "mcp" => crate::mcp::handle(&gate, req).await,
         _ => proxy(&gate, req, &request_id).await,
     };
     let mut resp = match res {

@@ -155,7 +155,7 @@ fn justification(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
 }
 
 /// The headers that go upstream, names lowercase, in order.
-fn forwardable(
+pub(crate) fn forwardable(
     headers: &HeaderMap,
     strip_credentials: bool,
     inject_header: Option<&http::HeaderName>,

@@ -261,7 +261,7 @@ pub fn rpc_error_response(status: StatusCode, id: &Value, e: &RpcError) -> Respo
     respond::json(status, &protocol::error_message(id, e))
 }
 
-fn with_session(mut r: Response<Body>, sid: &str) -> Response<Body> {
+pub fn with_session(mut r: Response<Body>, sid: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(sid) {
         r.headers_mut().insert(protocol::HEADER_SESSION, v);
     }

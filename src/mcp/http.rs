@@ -37,6 +37,8 @@ use crate::store::Finish;
 /// Sessions idle longer than this are dropped.
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
 const MAX_SESSIONS: usize = 10_000;
+/// How often a streamed call sends a keep-alive comment.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// A 2025-11-25 session: its agent, and its calls in flight by request id.
 #[derive(Debug)]
@@ -466,9 +468,14 @@ fn stream_call(
         tokio::pin!(work);
         tokio::pin!(cancelled);
         tokio::pin!(closed);
+        // Keep-alive comments also let a closed connection be noticed while
+        // nothing else is written.
+        let mut tick = tokio::time::interval(KEEPALIVE);
+        tick.tick().await;
         let outcome = loop {
             tokio::select! {
                 r = &mut work => break Some(r),
+                _ = tick.tick() => { let _ = tx.send(Bytes::from_static(b": keep-alive\n\n")).await; }
                 Some(n) = nrx.recv() => { let _ = tx.send(sse_event(&n)).await; }
                 _ = &mut cancelled => break None,
                 _ = &mut closed => break None,

@@ -251,9 +251,22 @@ impl ApprovalServer {
             Ok(w) => w,
             Err(e) => return failure_result(&e),
         };
-        let first = match self.backend.request(AskBody { wait: Some(0.0), ..body }).await {
-            Ok(a) => a,
-            Err(f) => return failure_to_result(f),
+        // Asked in a task of its own: a call cancelled while the approval is
+        // being opened still gets it abandoned once it exists.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            let r = backend.request(AskBody { wait: Some(0.0), ..body }).await;
+            if let Err(Ok(a)) = tx.send(r) {
+                if let (true, Some(id)) = (is_pending(&a), a["id"].as_str()) {
+                    backend.abandon(id).await;
+                }
+            }
+        });
+        let first = match rx.await {
+            Ok(Ok(a)) => a,
+            Ok(Err(f)) => return failure_to_result(f),
+            Err(_) => return failure_result("the approval request did not complete; the action is not approved"),
         };
         self.wait_on(first, wait, progress, true).await
     }

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod explain;
 mod hold;
+mod mcp;
 mod proxy;
 mod rules;
 mod timers;

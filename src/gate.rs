@@ -129,6 +129,8 @@ pub struct McpAction {
 }
 
 /// The policy's answer to a gated tool call.
+// Built once per call and matched at once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum McpDecision {
     /// Forward now.

@@ -541,7 +541,7 @@ impl StdioConn {
                     tracing::warn!("stdio MCP server wrote a line that is not JSON");
                     continue;
                 };
-                conn.from_child(v).await;
+                conn.on_child_message(v).await;
             }
             if let Some(conn) = weak.upgrade() {
                 // The child ended: every caller still waiting gets an error.
@@ -562,7 +562,7 @@ impl StdioConn {
         }
     }
 
-    async fn from_child(&self, mut v: Value) {
+    async fn on_child_message(&self, mut v: Value) {
         let is_response = v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some());
         if is_response {
             let Some(n) = v.get("id").and_then(Value::as_u64) else { return };

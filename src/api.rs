@@ -1,5 +1,7 @@
 //! `POST /v1/approvals` and `GET /v1/approvals/{id}`: `request_approval` for agents
 //! that ask first (INTERFACE.md §3). Same policy, queue and audit as the proxy.
+//! `DELETE /v1/approvals/{id}` withdraws one's own pending approval (it ends
+//! `abandoned`); `approvalplane mcp` uses it when its client cancels a call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use crate::policy::json::parse_strict;
 use crate::proxy::{authenticate, read_body};
 use crate::refusal::Refusal;
 use crate::respond::{self, Body};
+use crate::store::Finish;
 
 const MAX_ACTION: usize = 200;
 
@@ -130,6 +133,29 @@ pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>, request_id: &str) 
                 return Err(not_found());
             }
             let a = if a.status == Status::Pending && !wait.is_zero() { gate.wait_for(id, wait).await? } else { a };
+            Ok(respond::json(StatusCode::OK, &answer(&a)))
+        }
+        (&Method::DELETE, p) if p.starts_with("/v1/approvals/") => {
+            // Withdraws a pending approval: its caller gave up (an MCP client
+            // cancelled). A decided approval is answered as it is.
+            let id = &p["/v1/approvals/".len()..];
+            let not_found = || Refusal::NotFound(format!("approval {id}"));
+            if !Approval::looks_like_id(id) {
+                return Err(not_found());
+            }
+            let a = gate.store.get(id).await.map_err(|_| Refusal::StoreUnavailable)?.ok_or_else(not_found)?;
+            if a.agent != agent {
+                return Err(not_found());
+            }
+            let a = if a.status == Status::Pending {
+                gate.finish(id, Finish::Abandoned, "its caller cancelled the request")
+                    .await
+                    .map_err(|_| Refusal::StoreUnavailable)?
+                    .unwrap_or(a)
+            } else {
+                a
+            };
+            let a = gate.store.get(id).await.map_err(|_| Refusal::StoreUnavailable)?.unwrap_or(a);
             Ok(respond::json(StatusCode::OK, &answer(&a)))
         }
         (_, "/v1/approvals") => Err(Refusal::MethodNotAllowed),

@@ -85,7 +85,13 @@ pub fn build_live(cfg: &Config, secrets: &Secrets, policy: Arc<PolicyBundle>) ->
         }
     }
     let approvers: BTreeMap<_, _> = cfg.approvers.iter().map(|a| (a.id.clone(), a.clone())).collect();
-    Ok(Live { policy, routes: cfg.routes.clone(), approvers, approver_tokens, agent_tokens, upstreams })
+    let mut mcp_servers = HashMap::new();
+    for m in &cfg.mcp_servers {
+        let server = crate::mcp::gateway::GatewayServer::build(m, secrets)
+            .map_err(|source| AppError::Upstream { file: cfg.file.display().to_string(), source })?;
+        mcp_servers.insert(m.name.clone(), Arc::new(server));
+    }
+    Ok(Live { policy, routes: cfg.routes.clone(), approvers, approver_tokens, agent_tokens, upstreams, mcp_servers })
 }
 
 /// The audit writer's settings from the config (reads the signing key).

@@ -50,6 +50,14 @@ pub enum Command {
         command: AuditCommand,
     },
     /// Start the proxy with a built-in echo upstream and print the steps to try.
+    /// The stdio MCP server, a front end of the running `serve`.
+    Mcp {
+        #[arg(long)]
+        config: PathBuf,
+        /// The `[[agent]]` whose token the calls carry (default: the only agent).
+        #[arg(long)]
+        agent: Option<String>,
+    },
     Demo {
         /// Where the demo writes its config, rules and audit log.
         #[arg(long, default_value = "var/demo")]
@@ -165,7 +173,61 @@ pub fn run() -> ExitCode {
         Command::Audit { command: AuditCommand::Export { path, format, from, to } } => {
             audit_export(&path, format, from.as_deref(), to.as_deref())
         }
+        Command::Mcp { config, agent } => mcp_stdio(&config, agent.as_deref()),
         Command::Demo { dir, listen, control_listen } => demo(&dir, listen, control_listen),
+    }
+}
+
+/// `approvalplane mcp`: stdio MCP server calling the running `serve`.
+fn mcp_stdio(path: &Path, agent: Option<&str>) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let bad = |msg: String| {
+        eprintln!("error: {}: {msg}", cfg.file.display());
+        ExitCode::from(EXIT_BAD_CONFIG)
+    };
+    let token = match (agent, cfg.agents.as_slice()) {
+        (None, []) => None,
+        (None, [only]) => Some(only),
+        (None, _) => return bad("agent: several [[agent]]s are configured; choose one with --agent ID".into()),
+        (Some(id), agents) => match agents.iter().find(|a| a.id == id) {
+            Some(a) => Some(a),
+            None => return bad(format!("agent: no [[agent]] has id {id:?}")),
+        },
+    };
+    let token = match token {
+        None => None,
+        Some(a) => match a.token.resolve(&ProcessEnv) {
+            Ok(Some(t)) => Some(t),
+            Ok(None) => return bad(format!("{}: {} is not set", a.token.key(), a.token.describe())),
+            Err(e) => return bad(format!("{}: {e}", a.token.key())),
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(async {
+        let backend = crate::mcp::stdio::HttpApprovals::new(cfg.server.listen, token, cfg.server.hold_timeout);
+        let server = crate::mcp::tools::ApprovalServer::new(Arc::new(backend));
+        let r =
+            crate::mcp::stdio::serve(server, tokio::io::stdin(), tokio::io::stdout(), cfg.server.max_body_bytes).await;
+        // Let withdrawals of cancelled calls reach `serve`.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        r
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: stdio: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -124,7 +124,7 @@ impl SecretRef {
         }
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             SecretRef::Env { var, .. } => format!("environment variable {var}"),
             SecretRef::File { path, .. } => format!("file {}", path.display()),
@@ -461,8 +461,8 @@ pub enum McpTransport {
 pub struct McpServerConfig {
     pub name: String,
     pub transport: McpTransport,
-    /// Child variable name → name of our environment variable.
-    pub env: BTreeMap<String, String>,
+    /// Child variable name → our environment variable holding its value.
+    pub env: BTreeMap<String, SecretRef>,
     pub inject_header: Option<HeaderName>,
     pub inject_value: Option<SecretRef>,
 }
@@ -569,6 +569,9 @@ impl Config {
         }
         for m in &self.mcp_servers {
             if let Some(r) = &m.inject_value {
+                out.push((r, true));
+            }
+            for r in m.env.values() {
                 out.push((r, true));
             }
         }
@@ -1116,7 +1119,13 @@ impl Validator<'_> {
             mcp_servers.push(McpServerConfig {
                 name: m.name.clone(),
                 transport,
-                env: m.env.clone(),
+                env: m
+                    .env
+                    .iter()
+                    .map(|(child, ours)| {
+                        (child.clone(), SecretRef::Env { key: k(&format!("env.{child}")), var: ours.clone() })
+                    })
+                    .collect(),
                 inject_header,
                 inject_value: self.secret(
                     &k("inject_value"),

@@ -50,6 +50,8 @@ pub struct Live {
     pub approver_tokens: HashMap<TokenDigest, String>,
     pub agent_tokens: HashMap<TokenDigest, String>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Gated MCP servers (`/mcp/{name}`).
+    pub mcp_servers: HashMap<String, Arc<crate::mcp::gateway::GatewayServer>>,
 }
 
 impl Live {
@@ -116,6 +118,36 @@ pub struct AskAction {
     pub wait: Duration,
 }
 
+/// A gated MCP `tools/call`, read and checked by [`crate::mcp::gateway`].
+#[derive(Debug, Clone)]
+pub struct McpAction {
+    pub request_id: String,
+    pub agent: String,
+    pub server: String,
+    pub tool: String,
+    pub arguments: Value,
+    pub justification: Option<String>,
+}
+
+/// The policy's answer to a gated tool call.
+// Built once per call and matched at once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum McpDecision {
+    /// Forward now.
+    Allowed(McpPermit),
+    /// Wait for this approval ([`Gate::mcp_hold`]).
+    Held(Approval),
+}
+
+/// Leave to send one tool call to its server; recorded with [`Gate::mcp_forwarded`].
+#[derive(Debug, Clone)]
+pub struct McpPermit {
+    pub subject: Subject,
+    pub approval_id: Option<String>,
+    pub request_id: String,
+}
+
 /// Why a person's decision was not taken.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DecideError {
@@ -142,6 +174,8 @@ pub struct Gate {
     timers: mpsc::UnboundedSender<(Timestamp, String, TimerKind)>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
+    /// MCP sessions and gateway connections.
+    pub mcp: crate::mcp::Hub,
 }
 
 impl std::fmt::Debug for Gate {
@@ -183,6 +217,7 @@ impl Gate {
             timers: tx,
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
+            mcp: Default::default(),
         });
         tokio::spawn(run_timers(Arc::downgrade(&gate), rx));
         gate
@@ -388,6 +423,14 @@ impl Gate {
         self.count_decision(&a.req.upstream, verdict.decision, verdict.matched);
         match verdict.decision {
             Decision::Allow => {
+                tracing::debug!(request.id = %a.request_id, agent = %a.agent, decision = "allow", rule_ids = ?verdict.rule_ids, "decided")
+            }
+            d => {
+                tracing::info!(request.id = %a.request_id, agent = %a.agent, decision = d.as_str(), rule_ids = ?verdict.rule_ids, "decided")
+            }
+        }
+        match verdict.decision {
+            Decision::Allow => {
                 let ev = Self::decision_event(
                     &subject,
                     &a.request_id,
@@ -529,6 +572,7 @@ impl Gate {
             return Err(Refusal::AuditUnavailable);
         }
         if created {
+            tracing::info!(request.id = %request_id, approval.id = %approval.id, route = %approval.route, "approval requested");
             self.schedule(&approval);
             self.notifiers.publish(Change::Opened, &approval);
         }
@@ -867,6 +911,181 @@ impl Gate {
                 }
                 self.wait_for(&ap.id, a.wait).await
             }
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // The MCP gateway entrance.
+    // ---------------------------------------------------------------------
+
+    /// Decides on a gated MCP `tools/call`: allowed (recorded, forward now),
+    /// held (an approval opened or attached to), or refused.
+    pub async fn mcp_decide(self: &Arc<Self>, a: &McpAction) -> Result<McpDecision, Refusal> {
+        if self.is_shutting_down() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let live = self.live();
+        let now = self.clock.now();
+        let canonical_args = crate::audit::record::canonical(&a.arguments);
+        let target = format!("mcp {}/{}", a.server, a.tool);
+        let mut subject = Subject {
+            agent: a.agent.clone(),
+            action: target.clone(),
+            body_sha256: sha256_hex(canonical_args.as_bytes()),
+            rule_ids: Vec::new(),
+            policy_bundle: live.policy.hash().to_string(),
+            entrance: "mcp".into(),
+            upstream: Some(a.server.clone()),
+            target: Some(target),
+        };
+        let doc = input::mcp_input(
+            &input::McpView {
+                agent: &a.agent,
+                server: &a.server,
+                tool: &a.tool,
+                arguments: &a.arguments,
+                justification: a.justification.as_deref(),
+            },
+            now,
+        );
+        let (verdict, _) = live.policy.evaluate(&doc);
+        subject.rule_ids = verdict.rule_ids.clone();
+        if let Some(action) = verdict.plan.as_ref().and_then(|p| p.action.clone()) {
+            subject.action = action;
+        }
+        self.count_decision(&a.server, verdict.decision, verdict.matched);
+        match verdict.decision {
+            Decision::Allow => {
+                let ev = Self::decision_event(
+                    &subject,
+                    &a.request_id,
+                    verdict.decision,
+                    verdict.matched,
+                    &verdict.reason,
+                    None,
+                    None,
+                    Some(canonical_args),
+                );
+                if let Err(e) = self.audit.append(ev, Durability::Written).await {
+                    audit_failed(&e, "decision");
+                    self.metrics.audit_failures.inc();
+                    if self.settings.fail_mode == FailMode::Closed {
+                        return Err(Refusal::AuditUnavailable);
+                    }
+                }
+                Ok(McpDecision::Allowed(McpPermit { subject, approval_id: None, request_id: a.request_id.clone() }))
+            }
+            Decision::Deny => {
+                let ev = Self::decision_event(
+                    &subject,
+                    &a.request_id,
+                    verdict.decision,
+                    verdict.matched,
+                    &verdict.reason,
+                    None,
+                    verdict.error.clone(),
+                    Some(canonical_args),
+                );
+                if let Err(e) = self.audit.append(ev, Durability::Written).await {
+                    audit_failed(&e, "decision");
+                }
+                Err(Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason })
+            }
+            Decision::RequireApproval => {
+                let Some(plan) = verdict.plan.clone() else {
+                    return Err(Refusal::PolicyDenied {
+                        rule: "policy.error".into(),
+                        reason: "no approval plan".into(),
+                    });
+                };
+                let fp = fingerprint::mcp(&a.agent, &a.server, &a.tool, &canonical_args);
+                let candidate = self.new_approval(Entrance::Mcp, &subject, &plan, a.justification.clone(), now);
+                let stored = StoredRequest {
+                    upstream: a.server.clone(),
+                    method: "tools/call".into(),
+                    path_and_query: format!("/{}", a.tool),
+                    headers: Vec::new(),
+                    body: bytes::Bytes::from(canonical_args.clone()),
+                };
+                let open = OpenRequest {
+                    fingerprint: fp,
+                    approval: candidate,
+                    request: Some(stored),
+                    reuse: Reuse::Forward {
+                        grant_ttl: self.settings.grant_ttl,
+                        reject_memory: self.settings.reject_memory,
+                    },
+                    now,
+                };
+                let approval = self.open(open, &subject, &a.request_id, &verdict.reason, Some(canonical_args)).await?;
+                Ok(McpDecision::Held(approval))
+            }
+        }
+    }
+
+    /// Holds a gated tool call until its approval is decided or `wait` passes,
+    /// then takes the grant: the call may go to the server once.
+    pub async fn mcp_hold(&self, approval: &Approval, request_id: &str, wait: Duration) -> Result<McpPermit, Refusal> {
+        self.metrics.held.inc();
+        let _held = scopeguard(|| {
+            self.metrics.held.dec();
+        });
+        let a = self.wait_for(&approval.id, wait).await?;
+        match a.status {
+            Status::Pending => Err(Refusal::ApprovalPending {
+                approval_id: a.id.clone(),
+                status_url: format!("/v1/approvals/{}", a.id),
+                retry_after: a.expires_at.since(self.clock.now()).as_secs().clamp(1, 5),
+                route: a.route.clone(),
+            }),
+            Status::Approved => {
+                let claim = self
+                    .store
+                    .claim_grant(&a.id, self.settings.grant_ttl, self.clock.now())
+                    .await
+                    .map_err(|_| Refusal::StoreUnavailable)?;
+                match claim {
+                    Claim::Granted(a, _) => {
+                        let subject = Self::subject_of(&a);
+                        let ev = Event::GrantUsed {
+                            subject: subject.clone(),
+                            request_id: request_id.to_string(),
+                            approval_id: a.id.clone(),
+                            decided_by: a.decided_by.clone(),
+                            approvals: a.approvals.clone(),
+                        };
+                        if let Err(e) = self.audit.append(ev, Durability::Synced).await {
+                            audit_failed(&e, "grant_used");
+                            self.metrics.audit_failures.inc();
+                            let _ = self.store.release_grant(&a.id).await;
+                            return Err(Refusal::AuditUnavailable);
+                        }
+                        Ok(McpPermit { subject, approval_id: Some(a.id.clone()), request_id: request_id.to_string() })
+                    }
+                    Claim::Used(a) => Err(Refusal::ApprovalUsed { approval_id: a.id }),
+                    Claim::Lapsed(a) => Err(Refusal::ApprovalExpired { approval_id: a.id }),
+                    Claim::NotApproved(a) => Err(self.refusal_for(&a, a.status)),
+                    Claim::NotFound => Err(Refusal::ApprovalExpired { approval_id: a.id.clone() }),
+                }
+            }
+            other => Err(self.refusal_for(&a, other)),
+        }
+    }
+
+    /// Records that a permitted tool call went to its server, and how it ended.
+    pub async fn mcp_forwarded(&self, permit: &McpPermit, status: Option<u16>, outcome: &str, latency: Duration) {
+        let ev = Event::Forwarded {
+            subject: permit.subject.clone(),
+            request_id: permit.request_id.clone(),
+            approval_id: permit.approval_id.clone(),
+            status,
+            outcome: outcome.to_string(),
+            latency_ms: latency.as_millis() as u64,
+        };
+        let durability = if permit.approval_id.is_some() { Durability::Synced } else { Durability::Written };
+        if let Err(e) = self.audit.append(ev, durability).await {
+            audit_failed(&e, "forwarded");
+            self.metrics.audit_failures.inc();
         }
     }
 

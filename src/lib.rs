@@ -6,7 +6,8 @@
 //!   [`demo`]: the self-contained quick start.
 //! - [`config`]: the TOML file, strictly parsed and validated.
 //! - [`app`]: assembly, and serving both listeners.
-//! - [`proxy`]: the agent-facing listener (proxy routes); [`api`]: `request_approval`.
+//! - [`proxy`]: the agent-facing listener (proxy routes); [`api`]: `request_approval`;
+//!   [`mcp`]: the MCP server and the MCP gateway.
 //! - [`control`]: the control listener (admin API, health, metrics);
 //!   [`ui`]: the approver web page on it.
 //! - [`gate`]: classify → decide → hold → forward or refuse → record.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod explain;
 pub mod fingerprint;
 pub mod gate;
+pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -38,7 +38,7 @@ pub async fn handle(gate: Arc<Gate>, req: Request<Incoming>) -> Response<Body> {
     let res = match first {
         _ if header_bytes > MAX_HEADER_BYTES => Err(Refusal::HeadersTooLarge { limit: MAX_HEADER_BYTES }),
         "v1" => crate::api::handle(&gate, req, &request_id).await,
-        "mcp" => Err(Refusal::NotFound("this endpoint".into())),
+        "mcp" => crate::mcp::handle(&gate, req).await,
         _ => proxy(&gate, req, &request_id).await,
     };
     let mut resp = match res {
@@ -166,7 +166,7 @@ fn justification(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
 }
 
 /// The headers that go upstream, names lowercase, in order.
-fn forwardable(
+pub(crate) fn forwardable(
     headers: &HeaderMap,
     strip_credentials: bool,
     inject_header: Option<&http::HeaderName>,

@@ -76,6 +76,12 @@ pub fn rego_files(dir: &Path, with_tests: bool) -> Result<Vec<PathBuf>, PolicyEr
         let rd = std::fs::read_dir(&d).map_err(|source| PolicyError::Read { path: d.clone(), source })?;
         for e in rd {
             let e = e.map_err(|source| PolicyError::Read { path: d.clone(), source })?;
+            // Hidden entries are not rules: editors' swap files, and the `..data`
+            // and `..<timestamp>` folders of a mounted Kubernetes ConfigMap (which
+            // would load every file twice).
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let p = e.path();
             let ft = e.file_type().map_err(|source| PolicyError::Read { path: p.clone(), source })?;
             if ft.is_dir() {
@@ -375,6 +381,17 @@ allow contains {"id": "get", "reason": "reads are fine"} if input.request.method
     fn wrong_package_is_refused() {
         let e = bundle(&[("x.rego", "package other\nallow contains 1 if true\n")]).unwrap_err();
         assert!(matches!(e, PolicyError::Package { .. }), "{e}");
+    }
+
+    #[test]
+    fn hidden_folders_of_a_mounted_config_map_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hidden = dir.path().join("..2026_11_23_00_00_00.1");
+        std::fs::create_dir_all(&hidden).unwrap();
+        std::fs::write(hidden.join("stripe.rego"), REFUNDS).unwrap();
+        std::fs::write(dir.path().join("stripe.rego"), REFUNDS).unwrap();
+        std::fs::write(dir.path().join(".stripe.rego.swp"), "not rego").unwrap();
+        assert_eq!(rego_files(dir.path(), true).unwrap(), vec![dir.path().join("stripe.rego")]);
     }
 
     #[test]

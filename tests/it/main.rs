@@ -12,6 +12,7 @@ mod fake_slack;
 mod fuzz_corpus;
 mod hold;
 mod hostile;
+mod mcp;
 mod notify_webhook;
 mod proxy;
 mod rules;

@@ -656,8 +656,13 @@ impl Gate {
         }
     }
 
-    /// Takes the grant of an approved request and forwards the stored request.
-    async fn use_grant(self: &Arc<Self>, a: &Approval, request_id: &str) -> Result<Response<Body>, Refusal> {
+    /// Claims the one use of an approved request's grant and records it (synced)
+    /// before anything is sent; gives the grant back if the record cannot be written.
+    async fn claim_recorded(
+        &self,
+        a: &Approval,
+        request_id: &str,
+    ) -> Result<(Approval, StoredRequest, Subject), Refusal> {
         let now = self.clock.now();
         let claim = self.store.claim_grant(&a.id, self.settings.grant_ttl, now).await.map_err(|e| {
             tracing::error!(error = %e, approval.id = %a.id, "store unavailable: refusing");
@@ -679,17 +684,23 @@ impl Gate {
                     let _ = self.store.release_grant(&a.id).await;
                     return Err(Refusal::AuditUnavailable);
                 }
-                let Some(upstream) = self.live().upstreams.get(&stored.upstream).cloned() else {
-                    let _ = self.store.release_grant(&a.id).await;
-                    return Err(Refusal::UnknownUpstream(stored.upstream));
-                };
-                self.forward(upstream, stored, subject, request_id.to_string(), Some(a.id.clone())).await
+                Ok((a, stored, subject))
             }
             Claim::Used(a) => Err(Refusal::ApprovalUsed { approval_id: a.id }),
             Claim::Lapsed(a) => Err(Refusal::ApprovalExpired { approval_id: a.id }),
             Claim::NotApproved(a) => Err(self.refusal_for(&a, a.status)),
             Claim::NotFound => Err(Refusal::ApprovalExpired { approval_id: a.id.clone() }),
         }
+    }
+
+    /// Takes the grant of an approved request and forwards the stored request.
+    async fn use_grant(self: &Arc<Self>, a: &Approval, request_id: &str) -> Result<Response<Body>, Refusal> {
+        let (a, stored, subject) = self.claim_recorded(a, request_id).await?;
+        let Some(upstream) = self.live().upstreams.get(&stored.upstream).cloned() else {
+            let _ = self.store.release_grant(&a.id).await;
+            return Err(Refusal::UnknownUpstream(stored.upstream));
+        };
+        self.forward(upstream, stored, subject, request_id.to_string(), Some(a.id.clone())).await
     }
 
     /// Forwards in a task of its own, so a client that disconnects cannot leave a
@@ -1039,34 +1050,8 @@ impl Gate {
                 route: a.route.clone(),
             }),
             Status::Approved => {
-                let claim = self
-                    .store
-                    .claim_grant(&a.id, self.settings.grant_ttl, self.clock.now())
-                    .await
-                    .map_err(|_| Refusal::StoreUnavailable)?;
-                match claim {
-                    Claim::Granted(a, _) => {
-                        let subject = Self::subject_of(&a);
-                        let ev = Event::GrantUsed {
-                            subject: subject.clone(),
-                            request_id: request_id.to_string(),
-                            approval_id: a.id.clone(),
-                            decided_by: a.decided_by.clone(),
-                            approvals: a.approvals.clone(),
-                        };
-                        if let Err(e) = self.audit.append(ev, Durability::Synced).await {
-                            audit_failed(&e, "grant_used");
-                            self.metrics.audit_failures.inc();
-                            let _ = self.store.release_grant(&a.id).await;
-                            return Err(Refusal::AuditUnavailable);
-                        }
-                        Ok(McpPermit { subject, approval_id: Some(a.id.clone()), request_id: request_id.to_string() })
-                    }
-                    Claim::Used(a) => Err(Refusal::ApprovalUsed { approval_id: a.id }),
-                    Claim::Lapsed(a) => Err(Refusal::ApprovalExpired { approval_id: a.id }),
-                    Claim::NotApproved(a) => Err(self.refusal_for(&a, a.status)),
-                    Claim::NotFound => Err(Refusal::ApprovalExpired { approval_id: a.id.clone() }),
-                }
+                let (a, _, subject) = self.claim_recorded(&a, request_id).await?;
+                Ok(McpPermit { subject, approval_id: Some(a.id.clone()), request_id: request_id.to_string() })
             }
             other => Err(self.refusal_for(&a, other)),
         }

@@ -58,7 +58,7 @@ impl ForwardError {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub struct Upstream {
     pub name: String,
@@ -78,9 +78,47 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamError> {
+/// The public web's trust roots (webpki).
+pub fn webpki_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
+}
+
+/// A pooled client for `http://` and `https://` (rustls with `roots`, HTTP/1.1): the
+/// one way this crate builds outbound clients (upstreams, notifiers, Slack).
+pub fn https_client(
+    roots: rustls::RootCertStore,
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Result<HttpsClient, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // ALPN is set by the connector builder.
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle_per_host)
+        .retry_canceled_requests(false)
+        .build(https))
+}
+
+/// The webpki roots plus the upstream's `ca_file`.
+fn roots(cfg: &UpstreamConfig) -> Result<rustls::RootCertStore, UpstreamError> {
+    let mut roots = webpki_roots();
     if let Some(path) = &cfg.ca_file {
         let ca_err = |message: String| UpstreamError::CaFile {
             name: cfg.name.clone(),
@@ -98,33 +136,13 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamErro
             return Err(ca_err("holds no PEM certificate".into()));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // ALPN is set by the connector builder (HTTP/1.1 only).
-    let c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamError::Tls { name: cfg.name.clone(), message: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(c)
+    Ok(roots)
 }
 
 impl Upstream {
     pub fn build(cfg: &UpstreamConfig, inject_value: Option<&Secret>) -> Result<Upstream, UpstreamError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(cfg)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(cfg.max_connections)
-            .retry_canceled_requests(false)
-            .build(https);
+        let client = https_client(roots(cfg)?, cfg.connect_timeout, cfg.max_connections)
+            .map_err(|message| UpstreamError::Tls { name: cfg.name.clone(), message })?;
         let parts = cfg.url.clone().into_parts();
         let scheme = parts.scheme.unwrap_or(http::uri::Scheme::HTTPS);
         let authority = parts.authority.expect("validated: upstream url has a host");

@@ -500,9 +500,13 @@ pub fn recover_torn_tails(dir: &Path, now: Timestamp) -> std::io::Result<Vec<Eve
 /// POSTs checkpoint copies, retrying with backoff; never blocks the writer.
 async fn post_copies(url: String, mut rx: mpsc::UnboundedReceiver<String>, health: Arc<AuditHealth>) {
     use http_body_util::Full;
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
-    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let client = match crate::upstream::https_client(crate::upstream::webpki_roots(), Duration::from_secs(5), 2) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint copies cannot be posted");
+            return;
+        }
+    };
     while let Some(line) = rx.recv().await {
         let mut delay = Duration::from_millis(200);
         for attempt in 0..8 {

@@ -70,3 +70,37 @@ fn config_corpus() {
         }
     }
 }
+
+#[test]
+fn slack_interaction_corpus() {
+    for data in corpus("slack_interaction") {
+        let mut parts = data.splitn(3, |&b| b == b'\n');
+        let ts = parts.next().map(String::from_utf8_lossy);
+        let sig = parts.next().map(String::from_utf8_lossy);
+        let body = parts.next().unwrap_or_default();
+        let _ = approvalplane::slack::verify::verify(b"secret", ts.as_deref(), sig.as_deref(), body, 1_700_000_000);
+        if let Some(p) = approvalplane::slack::interactions::form_payload(body) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&p) {
+                let _ = approvalplane::slack::interactions::Interaction::parse(v);
+            }
+        }
+    }
+}
+
+#[test]
+fn mcp_jsonrpc_corpus() {
+    use approvalplane::mcp::protocol;
+    for data in corpus("mcp_jsonrpc") {
+        if let Ok(v) = approvalplane::policy::json::parse_strict(&data) {
+            let _ = protocol::classify(&v);
+            let method = v.get("method").and_then(|m| m.as_str()).unwrap_or("");
+            let params = v.get("params").cloned().unwrap_or(serde_json::Value::Null);
+            let _ = protocol::is_modern(method, &params, Some("2026-07-28"));
+            let _ = protocol::check_name_header(method, &params, v.get("name").and_then(|n| n.as_str()));
+            let _ = protocol::meta(&params);
+        }
+        if let Ok(s) = std::str::from_utf8(&data) {
+            let _ = protocol::decode_header_value(s);
+        }
+    }
+}

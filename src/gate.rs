@@ -450,22 +450,7 @@ impl Gate {
                 }
                 self.forward(upstream, a.req, subject, a.request_id, None).await
             }
-            Decision::Deny => {
-                let ev = Self::decision_event(
-                    &subject,
-                    &a.request_id,
-                    verdict.decision,
-                    verdict.matched,
-                    &verdict.reason,
-                    None,
-                    verdict.error.clone(),
-                    None,
-                );
-                if let Err(e) = self.audit.append(ev, Durability::Written).await {
-                    audit_failed(&e, "decision");
-                }
-                Err(Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason })
-            }
+            Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, None).await),
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
                     return Err(Refusal::PolicyDenied {
@@ -496,6 +481,31 @@ impl Gate {
                 self.hold_and_forward(approval, &a.request_id, a.wait, &a.status_base).await
             }
         }
+    }
+
+    /// Records a policy denial and returns the refusal (a failed record is logged:
+    /// the request is refused either way).
+    async fn refuse_denied(
+        &self,
+        subject: &Subject,
+        request_id: &str,
+        verdict: crate::policy::Verdict,
+        payload_json: Option<String>,
+    ) -> Refusal {
+        let ev = Self::decision_event(
+            subject,
+            request_id,
+            Decision::Deny,
+            verdict.matched,
+            &verdict.reason,
+            None,
+            verdict.error.clone(),
+            payload_json,
+        );
+        if let Err(e) = self.audit.append(ev, Durability::Written).await {
+            audit_failed(&e, "decision");
+        }
+        Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason }
     }
 
     /// Opens (creates or attaches to) an approval and records it.
@@ -816,22 +826,7 @@ impl Gate {
         let fp = fingerprint::api(&a.agent, &a.action, &canonical_payload, a.idempotency_key.as_deref());
         let reuse = Reuse::Ask { grant_ttl: self.settings.grant_ttl };
         match verdict.decision {
-            Decision::Deny => {
-                let ev = Self::decision_event(
-                    &subject,
-                    &a.request_id,
-                    Decision::Deny,
-                    verdict.matched,
-                    &verdict.reason,
-                    None,
-                    verdict.error.clone(),
-                    Some(canonical_payload),
-                );
-                if let Err(e) = self.audit.append(ev, Durability::Written).await {
-                    audit_failed(&e, "decision");
-                }
-                Err(Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason })
-            }
+            Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_payload)).await),
             Decision::Allow => {
                 // Approved by rule: an approval object that is decided already.
                 let plan = ApprovalPlan {
@@ -986,22 +981,7 @@ impl Gate {
                 }
                 Ok(McpDecision::Allowed(McpPermit { subject, approval_id: None, request_id: a.request_id.clone() }))
             }
-            Decision::Deny => {
-                let ev = Self::decision_event(
-                    &subject,
-                    &a.request_id,
-                    verdict.decision,
-                    verdict.matched,
-                    &verdict.reason,
-                    None,
-                    verdict.error.clone(),
-                    Some(canonical_args),
-                );
-                if let Err(e) = self.audit.append(ev, Durability::Written).await {
-                    audit_failed(&e, "decision");
-                }
-                Err(Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason })
-            }
+            Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_args)).await),
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
                     return Err(Refusal::PolicyDenied {

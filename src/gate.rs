@@ -431,23 +431,7 @@ impl Gate {
         }
         match verdict.decision {
             Decision::Allow => {
-                let ev = Self::decision_event(
-                    &subject,
-                    &a.request_id,
-                    verdict.decision,
-                    verdict.matched,
-                    &verdict.reason,
-                    None,
-                    None,
-                    None,
-                );
-                if let Err(e) = self.audit.append(ev, Durability::Written).await {
-                    audit_failed(&e, "decision");
-                    self.metrics.audit_failures.inc();
-                    if self.settings.fail_mode == FailMode::Closed {
-                        return Err(Refusal::AuditUnavailable);
-                    }
-                }
+                self.record_allowed(&subject, &a.request_id, &verdict, None).await?;
                 self.forward(upstream, a.req, subject, a.request_id, None).await
             }
             Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, None).await),
@@ -481,6 +465,36 @@ impl Gate {
                 self.hold_and_forward(approval, &a.request_id, a.wait, &a.status_base).await
             }
         }
+    }
+
+    /// Records an allow decision (written before the forward). When the record
+    /// cannot be written, `audit.fail_mode` decides: closed refuses, open_allowed
+    /// goes on.
+    async fn record_allowed(
+        &self,
+        subject: &Subject,
+        request_id: &str,
+        verdict: &crate::policy::Verdict,
+        payload_json: Option<String>,
+    ) -> Result<(), Refusal> {
+        let ev = Self::decision_event(
+            subject,
+            request_id,
+            verdict.decision,
+            verdict.matched,
+            &verdict.reason,
+            None,
+            None,
+            payload_json,
+        );
+        if let Err(e) = self.audit.append(ev, Durability::Written).await {
+            audit_failed(&e, "decision");
+            self.metrics.audit_failures.inc();
+            if self.settings.fail_mode == FailMode::Closed {
+                return Err(Refusal::AuditUnavailable);
+            }
+        }
+        Ok(())
     }
 
     /// Records a policy denial and returns the refusal (a failed record is logged:
@@ -962,23 +976,7 @@ impl Gate {
         self.count_decision(&a.server, verdict.decision, verdict.matched);
         match verdict.decision {
             Decision::Allow => {
-                let ev = Self::decision_event(
-                    &subject,
-                    &a.request_id,
-                    verdict.decision,
-                    verdict.matched,
-                    &verdict.reason,
-                    None,
-                    None,
-                    Some(canonical_args),
-                );
-                if let Err(e) = self.audit.append(ev, Durability::Written).await {
-                    audit_failed(&e, "decision");
-                    self.metrics.audit_failures.inc();
-                    if self.settings.fail_mode == FailMode::Closed {
-                        return Err(Refusal::AuditUnavailable);
-                    }
-                }
+                self.record_allowed(&subject, &a.request_id, &verdict, Some(canonical_args)).await?;
                 Ok(McpDecision::Allowed(McpPermit { subject, approval_id: None, request_id: a.request_id.clone() }))
             }
             Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_args)).await),

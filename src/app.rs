@@ -26,6 +26,7 @@ use crate::notify::{GateRef, LogNotifier, Notifiers, PhoneDeps, Retry};
 use crate::policy::{PolicyBundle, PolicyError};
 use crate::slack::{Slack, SlackSetupError};
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::ApprovalStore;
 use crate::ui::{Keys, LiveFeed, SignInLinks, Ui};
 use crate::upstream::{Upstream, UpstreamError};
@@ -160,11 +161,29 @@ impl App {
         let store: Arc<dyn ApprovalStore> = match config.store.backend {
             StoreBackend::Memory => Arc::new(MemoryStore::new()),
             StoreBackend::Redis => {
-                return Err(AppError::Config {
+                let st = &config.store;
+                let url = match st.redis_url_secret.as_ref().and_then(|r| secrets.get(r)) {
+                    Some(s) => s.expose().to_string(),
+                    None => st.redis_url.clone().unwrap_or_default(),
+                };
+                let hmac_key = st
+                    .hmac_key
+                    .as_ref()
+                    .and_then(|r| secrets.get(r))
+                    .map(|s| s.expose().as_bytes().to_vec())
+                    .unwrap_or_default();
+                let opts = RedisOptions {
+                    url,
+                    key_prefix: st.key_prefix.clone(),
+                    hmac_key,
+                    op_timeout: Duration::from_secs(1),
+                    retention: config.server.decided_retention,
+                };
+                Arc::new(RedisStore::connect(opts).map_err(|e| AppError::Config {
                     file: config.file.display().to_string(),
-                    key: "store.backend".into(),
-                    message: "the redis backend is not part of this build; use \"memory\"".into(),
-                })
+                    key: "store.redis_url".into(),
+                    message: e.to_string(),
+                })?)
             }
         };
         let metrics = Arc::new(Metrics::new());

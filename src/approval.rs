@@ -123,6 +123,16 @@ pub enum Channel {
 }
 
 impl Channel {
+    pub fn parse(s: &str) -> Option<Channel> {
+        Some(match s {
+            "admin_api" => Channel::AdminApi,
+            "slack" => Channel::Slack,
+            "web" => Channel::Web,
+            "rule" => Channel::Rule,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::AdminApi => "admin_api",
@@ -181,12 +191,19 @@ pub struct Approval {
 }
 
 impl Approval {
-    /// A fresh approval id: `apr_` and 20 hex digits of randomness.
-    pub fn new_id() -> String {
+    /// A fresh approval id: `apr_`, the 4-hex-digit slot tag of its fingerprint
+    /// (so a shared store keeps every key of one action in one Redis Cluster slot),
+    /// then 16 hex digits of randomness.
+    pub fn new_id_for(fingerprint: &str) -> String {
         use rand::RngCore;
-        let mut b = [0u8; 10];
+        let mut b = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut b);
-        format!("apr_{}", hex::encode(b))
+        format!("apr_{}{}", slot_tag(fingerprint), hex::encode(b))
+    }
+
+    /// The slot tag an id carries (see [`Approval::new_id_for`]).
+    pub fn tag_of(id: &str) -> Option<&str> {
+        Self::looks_like_id(id).then(|| &id[4..8])
     }
 
     pub fn looks_like_id(s: &str) -> bool {
@@ -202,6 +219,14 @@ impl Approval {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Four hex digits derived from a fingerprint: the hash tag shared by every key of
+/// one action in a shared store.
+pub fn slot_tag(fingerprint: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(fingerprint.as_bytes());
+    hex::encode(&d[..2])
 }
 
 /// The exact request an approval stands for: what is forwarded once approved.
@@ -240,8 +265,10 @@ mod tests {
 
     #[test]
     fn ids_are_recognisable() {
-        let id = Approval::new_id();
+        let id = Approval::new_id_for("fp");
         assert!(Approval::looks_like_id(&id), "{id}");
+        assert_eq!(Approval::tag_of(&id), Some(slot_tag("fp").as_str()));
+        assert_ne!(Approval::new_id_for("fp"), id);
         assert!(!Approval::looks_like_id("apr_../../etc"));
     }
 

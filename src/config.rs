@@ -992,13 +992,15 @@ impl Validator<'_> {
         if key_prefix.contains(['{', '}']) || key_prefix.chars().any(|c| c.is_whitespace()) {
             return Err(self.err("store.key_prefix", "must not hold braces or white space"));
         }
-        let store = StoreConfig {
-            backend,
-            redis_url: st.redis_url.clone(),
-            redis_url_secret,
-            key_prefix,
-            hmac_key: self.secret("store.hmac_key", st.hmac_key_env.as_ref(), st.hmac_key_file.as_ref())?,
-        };
+        let hmac_key = self.secret("store.hmac_key", st.hmac_key_env.as_ref(), st.hmac_key_file.as_ref())?;
+        if backend == StoreBackend::Redis && hmac_key.is_none() {
+            return Err(self.err(
+                "store.hmac_key_env",
+                "backend \"redis\" needs a key shared by the replicas (hmac_key_env or hmac_key_file): \
+                 decisions in Redis carry an HMAC that replicas verify before forwarding",
+            ));
+        }
+        let store = StoreConfig { backend, redis_url: st.redis_url.clone(), redis_url_secret, key_prefix, hmac_key };
 
         // Audit.
         let au = &raw.audit;

@@ -84,12 +84,7 @@ pub struct Settings {
     pub body_read_timeout: Duration,
 }
 
-/// A timer the gate runs on the injected clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TimerKind {
-    Escalate,
-    Expire,
-}
+pub use crate::store::TimerKind;
 
 /// A proxied request, read and checked by [`crate::proxy`].
 #[derive(Debug, Clone)]
@@ -259,6 +254,7 @@ impl Gate {
 
     fn new_approval(
         &self,
+        fingerprint: &str,
         kind: Entrance,
         subject: &Subject,
         plan: &ApprovalPlan,
@@ -266,7 +262,7 @@ impl Gate {
         now: Timestamp,
     ) -> Approval {
         Approval {
-            id: Approval::new_id(),
+            id: Approval::new_id_for(fingerprint),
             status: Status::Pending,
             route: plan.routes.first().cloned().unwrap_or_default(),
             routes: plan.routes.clone(),
@@ -450,7 +446,7 @@ impl Gate {
                     &a.req.headers,
                     &a.req.body,
                 );
-                let candidate = self.new_approval(Entrance::Http, &subject, &plan, a.justification.clone(), now);
+                let candidate = self.new_approval(&fp, Entrance::Http, &subject, &plan, a.justification.clone(), now);
                 let open = OpenRequest {
                     fingerprint: fp,
                     approval: candidate,
@@ -854,7 +850,7 @@ impl Gate {
                     quorum: 1,
                     rule_ids: verdict.rule_ids.clone(),
                 };
-                let mut ap = self.new_approval(Entrance::Api, &subject, &plan, a.justification.clone(), now);
+                let mut ap = self.new_approval(&fp, Entrance::Api, &subject, &plan, a.justification.clone(), now);
                 ap.status = Status::Approved;
                 ap.decided_by = Some("policy".into());
                 ap.decided_at = Some(now);
@@ -923,7 +919,7 @@ impl Gate {
                 if let Some(act) = &plan.action {
                     subject.action = act.clone();
                 }
-                let candidate = self.new_approval(Entrance::Api, &subject, &plan, a.justification.clone(), now);
+                let candidate = self.new_approval(&fp, Entrance::Api, &subject, &plan, a.justification.clone(), now);
                 let open = OpenRequest { fingerprint: fp, approval: candidate, request: None, reuse, now };
                 let ap = self.open(open, &subject, &a.request_id, &verdict.reason, Some(canonical_payload)).await?;
                 if ap.status != Status::Pending || a.wait.is_zero() {
@@ -988,7 +984,7 @@ impl Gate {
                     });
                 };
                 let fp = fingerprint::mcp(&a.agent, &a.server, &a.tool, &canonical_args);
-                let candidate = self.new_approval(Entrance::Mcp, &subject, &plan, a.justification.clone(), now);
+                let candidate = self.new_approval(&fp, Entrance::Mcp, &subject, &plan, a.justification.clone(), now);
                 let stored = StoredRequest {
                     upstream: a.server.clone(),
                     method: "tools/call".into(),
@@ -1161,6 +1157,9 @@ impl Gate {
         self.notifiers.publish(Change::Ended, a);
     }
 
+    /// Fires a timer. The store transitions are atomic, so a timer that two
+    /// replicas fire acts once. A failed timer stays leased in a shared store, and
+    /// another sweep fires it again.
     async fn on_timer(&self, id: &str, kind: TimerKind) {
         let res = match kind {
             TimerKind::Expire => {
@@ -1168,8 +1167,13 @@ impl Gate {
             }
             TimerKind::Escalate => self.escalate(id).await,
         };
-        if let Err(e) = res {
-            tracing::error!(approval.id = %id, error = %e, timer = ?kind, "timer failed");
+        match res {
+            Ok(()) => {
+                if let Err(e) = self.store.timer_done(id, kind).await {
+                    tracing::debug!(approval.id = %id, error = %e, timer = ?kind, "timer done not recorded");
+                }
+            }
+            Err(e) => tracing::error!(approval.id = %id, error = %e, timer = ?kind, "timer failed"),
         }
     }
 
@@ -1232,14 +1236,25 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     G(Some(f))
 }
 
-/// The timer loop: one task, a sorted queue, the injected clock.
+/// How long a replica owns a shared timer it took; if it dies, another takes it
+/// over after this.
+const TIMER_LEASE: Duration = Duration::from_secs(30);
+/// Shared timers are swept a little after they are due, so that the replica that
+/// set them (and holds them in its queue) usually fires them first.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
+
+/// The timer loop: one task, a sorted queue, the injected clock. With a shared
+/// store it also sweeps the store's due timers every second, so that timers of a
+/// replica that died still fire (lease-based, exactly once in effect).
 async fn run_timers(gate: std::sync::Weak<Gate>, mut rx: mpsc::UnboundedReceiver<(Timestamp, String, TimerKind)>) {
     let mut queue: std::collections::BTreeSet<(Timestamp, TimerKind, String)> = Default::default();
     let purge_every = Duration::from_secs(60);
-    let mut next_purge = {
+    let (mut next_purge, shared) = {
         let Some(g) = gate.upgrade() else { return };
-        g.clock.now().plus(purge_every)
+        (g.clock.now().plus(purge_every), g.store.shared())
     };
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let Some(g) = gate.upgrade() else { return };
         let clock = g.clock.clone();
@@ -1250,6 +1265,19 @@ async fn run_timers(gate: std::sync::Weak<Gate>, mut rx: mpsc::UnboundedReceiver
                 Some((t, id, k)) => { queue.insert((t, k, id)); }
                 None => return,
             },
+            _ = sweep.tick(), if shared => {
+                let Some(g) = gate.upgrade() else { return };
+                let due = Timestamp(g.clock.now().0.saturating_sub(SWEEP_GRACE.as_millis() as u64));
+                match g.store.take_due_timers(due, TIMER_LEASE, 200).await {
+                    Ok(timers) => {
+                        for (id, kind) in timers {
+                            let g2 = g.clone();
+                            tokio::spawn(async move { g2.on_timer(&id, kind).await });
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "timer sweep deferred"),
+                }
+            }
             _ = clock.sleep_until(next) => {
                 let now = clock.now();
                 let Some(g) = gate.upgrade() else { return };

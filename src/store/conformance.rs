@@ -16,9 +16,9 @@ const TTL: Duration = Duration::from_secs(900);
 const REJECT: Duration = Duration::from_secs(600);
 const FWD: Reuse = Reuse::Forward { grant_ttl: TTL, reject_memory: REJECT };
 
-pub fn approval(quorum: u32) -> Approval {
+pub fn approval(fingerprint: &str, quorum: u32) -> Approval {
     Approval {
-        id: Approval::new_id(),
+        id: Approval::new_id_for(fingerprint),
         status: Status::Pending,
         route: "finance-oncall".into(),
         routes: vec!["finance-oncall".into()],
@@ -57,8 +57,13 @@ fn request() -> StoredRequest {
     }
 }
 
+/// A pending proxied request's open, for backend-specific tests.
+pub fn open_request(fp: &str) -> OpenRequest {
+    open_req(fp, 1, T0)
+}
+
 fn open_req(fp: &str, quorum: u32, now: Timestamp) -> OpenRequest {
-    OpenRequest { fingerprint: fp.into(), approval: approval(quorum), request: Some(request()), reuse: FWD, now }
+    OpenRequest { fingerprint: fp.into(), approval: approval(fp, quorum), request: Some(request()), reuse: FWD, now }
 }
 
 fn vote(who: &str, v: Verdict, now: Timestamp) -> Vote {
@@ -223,7 +228,7 @@ async fn listing_pages_oldest_first<S: ApprovalStore>(s: S) {
 async fn ask_reuse_returns_decided<S: ApprovalStore>(s: S) {
     let ask = |now| OpenRequest {
         fingerprint: "ask".into(),
-        approval: approval(1),
+        approval: approval("ask", 1),
         request: None,
         reuse: Reuse::Ask { grant_ttl: TTL },
         now,

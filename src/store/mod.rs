@@ -1,7 +1,7 @@
 //! The approval store: where approvals, their requests and their grants live.
 //!
 //! A small trait ([`ApprovalStore`]) with one implementation per backend: memory
-//! (embedded, the default) and, later, Redis (shared by replicas). Every transition
+//! (embedded, the default) and Redis (shared by replicas). Every transition
 //! that must happen once (pending → decided, grant consumed) is atomic inside the
 //! store. One conformance suite ([`conformance`]) runs against every backend.
 //!
@@ -11,6 +11,7 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,13 @@ pub enum Reuse {
     /// `request_approval`: return the same approval while pending and for
     /// `grant_ttl` after its decision.
     Ask { grant_ttl: Duration },
+}
+
+/// A timer on a pending approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    Escalate,
+    Expire,
 }
 
 /// A request to open (create or attach to) an approval.
@@ -175,6 +183,25 @@ pub trait ApprovalStore: Send + Sync + 'static {
     async fn purge(&self, now: Timestamp, retention: Duration) -> Result<usize, StoreError>;
     /// The local wake-up registry that this store signals on every transition.
     fn waiters(&self) -> &Waiters;
+    /// Whether several replicas share this store. Shared stores keep the timers of
+    /// every approval, so that they fire even when the replica that set them died.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Timers due at `now`, leased to the caller for `lease`: another replica takes
+    /// them over if the caller dies before [`ApprovalStore::timer_done`].
+    async fn take_due_timers(
+        &self,
+        _now: Timestamp,
+        _lease: Duration,
+        _limit: usize,
+    ) -> Result<Vec<(String, TimerKind)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// A timer fired (or no longer matters).
+    async fn timer_done(&self, _id: &str, _kind: TimerKind) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Wakes local tasks waiting on an approval. Waiters register, then re-read the

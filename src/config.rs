@@ -1265,6 +1265,12 @@ rules = "rules"
             (MIN.replace("https://api.stripe.com", "http://127.0.0.1:9090"), "upstream[0].url"),
             (MIN.replace("https://api.stripe.com", "http://localhost:9090/x"), "upstream[0].url"),
             (MIN.to_string() + "[store]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n", "store.redis_url"),
+            (
+                MIN.to_string() + "[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n",
+                "store.hmac_key_env",
+            ),
+            (MIN.to_string() + "[store]\nbackend = \"redis\"\n", "store.redis_url"),
+            (MIN.to_string() + "[store]\nredis_url = \"http://127.0.0.1:6379\"\n", "store.redis_url"),
             (MIN.replace("127.0.0.1:8080", "0.0.0.0:8080"), "server.listen"),
             (MIN.replace("\"stripe\"", "\"v1\""), "upstream[0].name"),
             (MIN.replace("\"stripe\"", "\"mcp\""), "upstream[0].name"),

@@ -339,3 +339,26 @@ def test_timers_fire_once_when_the_replica_that_set_them_dies(approvalplane, fak
     ended = [x for ap in (a, b) for x in ap.audit_records()
              if x["kind"] == "approval_ended" and x.get("approval_id") == aid]
     assert len(ended) == 1, ended
+
+
+def test_sigterm_leaves_held_approvals_pending_for_the_other_replica(approvalplane, fake_upstream, redis_server):
+    up = fake_upstream(name="echo")
+    a, b = replicas(approvalplane, up, redis_server)
+    alice = b.admin(ALICE_TOKEN)
+    body = "charge=drain&amount=700"
+    _, t, out = held(a, body)
+    aid = wait_pending_ids(alice, 1)[0]["id"]
+    assert a.stop() == 0
+    t.join(10)
+    r = out["r"]
+    assert r.status_code == 503 and r.json()["error"]["type"] == "shutting_down", r.text
+    assert r.headers.get("Retry-After")
+    assert alice.get(aid)["status"] == "pending", "the approval waits for another replica"
+    alice.approve(aid)
+    r = refund(b, body)
+    assert r.status_code == 200, r.text
+    assert [x.body for x in up.requests if x.method == "POST"] == [body.encode()]
+    code, text = a.audit_verify()
+    assert code == 0, text
+    ended = [x for x in a.audit_records() if x["kind"] == "approval_ended"]
+    assert not ended, "a shared store does not end approvals on shutdown"

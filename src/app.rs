@@ -328,6 +328,10 @@ impl App {
                 tracing::warn!(left, "slack card updates not delivered before shutdown");
             }
         }
+        let withdrawn = gate.void_unused_grants().await;
+        if !withdrawn.is_empty() {
+            tracing::info!(count = withdrawn.len(), "approved grants withdrawn at shutdown");
+        }
         if let Err(e) = gate.audit.append(Event::Shutdown { reason, interrupted }, Durability::Synced).await {
             tracing::error!(error = %e, "shutdown record not written");
         }

@@ -1217,6 +1217,35 @@ impl Gate {
         interrupted.into_iter().map(|a| a.id).collect()
     }
 
+    /// At the end of a shutdown with a store that dies with the process: withdraws
+    /// every approved grant not yet used, and records it, so that no approval is
+    /// silently dropped. (A shared store keeps them for the other replicas.)
+    pub async fn void_unused_grants(&self) -> Vec<String> {
+        if self.store.shared() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let q = crate::store::ListQuery { status: Some(Status::Approved), after: after.take(), limit: 500 };
+            let Ok(page) = self.store.list(&q).await else { break };
+            for a in &page.approvals {
+                if let Ok(Claim::Granted(a, _)) =
+                    self.store.claim_grant(&a.id, self.settings.grant_ttl, self.clock.now()).await
+                {
+                    self.record_end(&a, "the proxy shut down before the approved request was forwarded; the grant is withdrawn (memory store)")
+                        .await;
+                    out.push(a.id);
+                }
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        out
+    }
+
     /// The admin view: approvals `approver` may see.
     pub fn visible_to(&self, approver: &str, a: &Approval) -> bool {
         self.live().may_see(approver, a)

@@ -255,6 +255,13 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
     inflight = Background(lambda: requests.get(ap.proxy_url + "/echo/slow", headers=AUTH, timeout=40))
     wait_until(lambda: up.matching("GET", "/slow"), 5, interval=0.02, message="/slow did not reach the upstream")
     assert not approved.done(), "the approved forward finished before SIGTERM; the upstream is not slow enough"
+    # An approved request whose agent has not come back yet: its grant dies with the
+    # memory store, and is recorded as withdrawn.
+    r = requests.post(ap.proxy_url + "/echo/refund", data=b"amount=6", timeout=10,
+                      headers=dict(AUTH, Prefer="wait=0"))
+    assert r.status_code == 409, r.text
+    unused_id = r.json()["error"]["approval_id"]
+    alice.approve(unused_id)
 
     t0 = time.monotonic()
     ap.signal(signal.SIGTERM)
@@ -296,6 +303,7 @@ def test_sigterm_answers_every_request_and_closes_the_chain(approvalplane, fake_
     ended = {r["approval_id"]: r for r in recs if r["kind"] == "approval_ended"}
     for aid in held_ids:
         assert aid in ended and ended[aid]["status"] == "interrupted", f"{aid} is not recorded as interrupted"
+    assert ended[unused_id]["status"] == "approved" and "withdrawn" in ended[unused_id]["reason"], ended[unused_id]
     (shutdown,) = [r for r in recs if r["kind"] == "shutdown"]
     assert set(shutdown["interrupted"]) == held_ids
     forwards = [r for r in recs if r["kind"] == "forwarded"]

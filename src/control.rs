@@ -168,6 +168,7 @@ impl Control {
         }
         let g = &self.gate;
         let m = &g.metrics;
+        m.store_healthy.set(i64::from(g.store.ping().await.is_ok()));
         if let Ok(counts) = g.store.pending_counts().await {
             for route in g.live().routes.keys() {
                 m.pending.get_or_create(&vec![("route", route.clone())]).set(*counts.get(route).unwrap_or(&0) as i64);

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub audit_failures: Counter,
     pub audit_records: Gauge,
     pub audit_healthy: Gauge,
+    pub store_healthy: Gauge,
     pub audit_batch_seconds: Histogram,
     pub audit_checkpoint_age: Gauge,
     pub refusals: Family<Labels, Counter>,
@@ -92,6 +93,12 @@ impl Metrics {
         r.register("approvalplane_audit_records", "Records in this replica's chain", audit_records.clone());
         let audit_healthy = Gauge::default();
         r.register("approvalplane_audit_healthy", "1 when the last audit write succeeded", audit_healthy.clone());
+        let store_healthy = Gauge::default();
+        r.register(
+            "approvalplane_store_healthy",
+            "1 when the approval store answered the last scrape's ping",
+            store_healthy.clone(),
+        );
         let audit_batch_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
         r.register(
             "approvalplane_audit_batch_seconds",
@@ -121,6 +128,7 @@ impl Metrics {
             audit_failures,
             audit_records,
             audit_healthy,
+            store_healthy,
             audit_batch_seconds,
             audit_checkpoint_age,
             refusals,

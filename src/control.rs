@@ -23,7 +23,12 @@ use crate::respond::{self, Body};
 use crate::store::ListQuery;
 
 const MAX_ADMIN_BODY: usize = 256 * 1024;
-const MAX_BULK: usize = 1000;
+/// A bulk decision holds up to `MAX_BULK` ids of 24 bytes, quoted.
+const MAX_BULK_BODY: usize = 1024 * 1024;
+const MAX_BULK: usize = 10_000;
+/// Bulk decisions run this many at a time, so their synced audit records share
+/// group commits and held requests are released together.
+const BULK_CONCURRENCY: usize = 256;
 
 /// State the control listener needs beyond the gate.
 pub struct Control {
@@ -66,7 +71,11 @@ fn approver(gate: &Gate, headers: &http::HeaderMap) -> Result<String, Box<Respon
 }
 
 async fn read_json(body: Incoming) -> Result<Value, Box<Response<Body>>> {
-    let bytes = Limited::new(body, MAX_ADMIN_BODY)
+    read_json_limited(body, MAX_ADMIN_BODY).await
+}
+
+async fn read_json_limited(body: Incoming, limit: usize) -> Result<Value, Box<Response<Body>>> {
+    let bytes = Limited::new(body, limit)
         .collect()
         .await
         .map_err(|_| {
@@ -210,7 +219,7 @@ impl Control {
                 Err(e) => decision_response(Err(DecideError::Store(e))),
             },
             (&Method::POST, ["approvals", "decision"]) => {
-                let v = match read_json(body).await {
+                let v = match read_json_limited(body, MAX_BULK_BODY).await {
                     Ok(v) => v,
                     Err(r) => return *r,
                 };
@@ -229,18 +238,25 @@ impl Control {
                     Ok(v) => v,
                     Err(r) => return *r,
                 };
-                let mut results = Vec::with_capacity(b.ids.len());
-                for id in &b.ids {
-                    let r = self.gate.decide(&who, id, v, b.reason.clone(), Channel::AdminApi).await;
-                    let status = decision_response(r.clone()).status().as_u16();
-                    results.push(match r {
-                        Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
-                        Err(DecideError::AlreadyDecided(a)) => {
-                            json!({"id": id, "status": status, "error": "already_decided", "approval": a.to_json()})
+                use futures_util::StreamExt;
+                let results: Vec<Value> = futures_util::stream::iter(b.ids)
+                    .map(|id| {
+                        let (gate, who, reason) = (self.gate.clone(), who.clone(), b.reason.clone());
+                        async move { (gate.decide(&who, &id, v, reason, Channel::AdminApi).await, id) }
+                    })
+                    .buffered(BULK_CONCURRENCY)
+                    .map(|(r, id)| {
+                        let status = decision_response(r.clone()).status().as_u16();
+                        match r {
+                            Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
+                            Err(DecideError::AlreadyDecided(a)) => {
+                                json!({"id": id, "status": status, "error": "already_decided", "approval": a.to_json()})
+                            }
+                            Err(e) => json!({"id": id, "status": status, "error": e.to_string()}),
                         }
-                        Err(e) => json!({"id": id, "status": status, "error": e.to_string()}),
-                    });
-                }
+                    })
+                    .collect()
+                    .await;
                 respond::json(StatusCode::OK, &json!({"results": results}))
             }
             (&Method::POST, ["approvals", id, "decision"]) => {

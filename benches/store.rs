@@ -209,6 +209,7 @@ fn main() {
             hmac_key: b"bench-store-key".to_vec(),
             op_timeout: Duration::from_secs(1),
             retention: Duration::from_secs(3600),
+            ca_pem: None,
         };
         let memory: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
         let ra = RedisStore::connect(opts("b:")).unwrap();

@@ -172,7 +172,16 @@ impl App {
                     .and_then(|r| secrets.get(r))
                     .map(|s| s.expose().as_bytes().to_vec())
                     .unwrap_or_default();
+                let ca_pem = match &st.ca_file {
+                    Some(p) => Some(std::fs::read(p).map_err(|e| AppError::Config {
+                        file: config.file.display().to_string(),
+                        key: "store.ca_file".into(),
+                        message: format!("{}: {e}", p.display()),
+                    })?),
+                    None => None,
+                };
                 let opts = RedisOptions {
+                    ca_pem,
                     url,
                     key_prefix: st.key_prefix.clone(),
                     hmac_key,

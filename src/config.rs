@@ -256,6 +256,9 @@ pub struct FileStore {
     pub key_prefix: Option<String>,
     pub hmac_key_env: Option<String>,
     pub hmac_key_file: Option<String>,
+    /// Extension: PEM CA certificates trusted for `rediss://` instead of the
+    /// system's roots.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -415,6 +418,7 @@ pub struct StoreConfig {
     pub redis_url_secret: Option<SecretRef>,
     pub key_prefix: String,
     pub hmac_key: Option<SecretRef>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -629,6 +633,9 @@ impl Config {
         }
         if let Some(p) = &self.policy.data {
             files.push(("policy.data".to_string(), p));
+        }
+        if let Some(p) = &self.store.ca_file {
+            files.push(("store.ca_file".to_string(), p));
         }
         if let Some(p) = &self.audit.signing_key_file {
             files.push(("audit.signing_key_file".to_string(), p));
@@ -1000,7 +1007,17 @@ impl Validator<'_> {
                  decisions in Redis carry an HMAC that replicas verify before forwarding",
             ));
         }
-        let store = StoreConfig { backend, redis_url: st.redis_url.clone(), redis_url_secret, key_prefix, hmac_key };
+        if st.ca_file.is_some() && st.redis_url.as_deref().is_some_and(|u| !u.starts_with("rediss://")) {
+            return Err(self.err("store.ca_file", "is for TLS: redis_url must be a rediss:// URL"));
+        }
+        let store = StoreConfig {
+            backend,
+            redis_url: st.redis_url.clone(),
+            redis_url_secret,
+            key_prefix,
+            hmac_key,
+            ca_file: st.ca_file.as_deref().map(|p| self.path(p)),
+        };
 
         // Audit.
         let au = &raw.audit;
@@ -1270,6 +1287,10 @@ rules = "rules"
                 "store.hmac_key_env",
             ),
             (MIN.to_string() + "[store]\nbackend = \"redis\"\n", "store.redis_url"),
+            (
+                MIN.to_string() + "[store]\nredis_url = \"redis://127.0.0.1:6379/0\"\nca_file = \"ca.pem\"\n",
+                "store.ca_file",
+            ),
             (MIN.to_string() + "[store]\nredis_url = \"http://127.0.0.1:6379\"\n", "store.redis_url"),
             (MIN.replace("127.0.0.1:8080", "0.0.0.0:8080"), "server.listen"),
             (MIN.replace("\"stripe\"", "\"v1\""), "upstream[0].name"),

@@ -69,6 +69,8 @@ pub struct RedisOptions {
     pub op_timeout: Duration,
     /// How long decided approvals are kept (their TTL after expiry).
     pub retention: Duration,
+    /// PEM CA certificates trusted for `rediss://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -301,8 +303,16 @@ impl RedisStore {
     /// Connects lazily: the store is created even while Redis is down, reports
     /// itself unavailable, and recovers by itself.
     pub fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url {}: {e}", redact_url(&opts.url))))?;
+        let bad =
+            |e: redis::RedisError| StoreError::Unavailable(format!("bad redis url {}: {e}", redact_url(&opts.url)));
+        let client = match &opts.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                opts.url.as_str(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+            )
+            .map_err(bad)?,
+            None => redis::Client::open(opts.url.as_str()).map_err(bad)?,
+        };
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.op_timeout))
             .set_response_timeout(Some(opts.op_timeout))
@@ -1100,6 +1110,7 @@ pub(crate) mod tests {
             hmac_key: b"test-store-key".to_vec(),
             op_timeout: Duration::from_secs(1),
             retention: Duration::from_secs(3600),
+            ca_pem: None,
         }
     }
 
@@ -1169,6 +1180,71 @@ pub(crate) mod tests {
         };
         let _: () = c.rpush(s.votes_key(&b.id), "mallory\u{1f}00").await.unwrap();
         assert!(matches!(s.get(&b.id).await, Err(StoreError::Corrupt { .. })));
+    }
+
+    /// `rediss://`: a real TLS connection to redis-server, trusting a CA made in
+    /// the test; a client that trusts another CA is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rediss_with_a_private_ca() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let make_ca = || {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = p.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let (ca, ca_key) = make_ca();
+        let (other_ca, _) = make_ca();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, body: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        let (ca_file, cert_file, key_file) =
+            (w("ca.pem", ca.pem()), w("server.pem", cert.pem()), w("server.key", key.serialize_pem()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&cert_file)
+            .arg("--tls-key-file")
+            .arg(&key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca_file)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server (tls) did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let url = format!("rediss://localhost:{port}/0");
+        let mut opts = options(url.clone(), "tls:".into());
+        opts.ca_pem = Some(ca.pem().into_bytes());
+        let s = RedisStore::connect(opts).unwrap();
+        assert!(s.wait_subscribed(Duration::from_secs(5)).await, "no TLS subscription");
+        let Opened::Created(a) = s.open(super::super::conformance::open_request("fp-tls")).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.get(&a.id).await.unwrap().unwrap().id, a.id);
+
+        let mut wrong = options(url, "tls:".into());
+        wrong.ca_pem = Some(other_ca.pem().into_bytes());
+        let w = RedisStore::connect(wrong).unwrap();
+        assert!(matches!(w.get(&a.id).await, Err(StoreError::Unavailable(_))), "a server the client does not trust");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Redis down: operations fail within the timeout; back up: they work again

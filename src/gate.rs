@@ -409,6 +409,9 @@ impl Gate {
             }
         };
         let (verdict, _) = live.policy.evaluate(&doc);
+        // A held request keeps this future alive for minutes: the input document
+        // must not stay in it.
+        drop(doc);
         subject.rule_ids = verdict.rule_ids.clone();
         if let Some(action) = verdict.plan.as_ref().and_then(|p| p.action.clone()) {
             subject.action = action;
@@ -450,7 +453,8 @@ impl Gate {
                 let open = OpenRequest {
                     fingerprint: fp,
                     approval: candidate,
-                    request: Some(a.req.clone()),
+                    // Moved, not copied: the store keeps the one copy of the bytes.
+                    request: Some(a.req),
                     reuse: Reuse::Forward {
                         grant_ttl: self.settings.grant_ttl,
                         reject_memory: self.settings.reject_memory,
@@ -822,6 +826,9 @@ impl Gate {
             now,
         );
         let (verdict, _) = live.policy.evaluate(&doc);
+        // A held request keeps this future alive for minutes: the input document
+        // must not stay in it.
+        drop(doc);
         self.count_decision("api", verdict.decision, verdict.matched);
         let subject = Subject {
             agent: a.agent.clone(),
@@ -965,6 +972,9 @@ impl Gate {
             now,
         );
         let (verdict, _) = live.policy.evaluate(&doc);
+        // A held request keeps this future alive for minutes: the input document
+        // must not stay in it.
+        drop(doc);
         subject.rule_ids = verdict.rule_ids.clone();
         if let Some(action) = verdict.plan.as_ref().and_then(|p| p.action.clone()) {
             subject.action = action;

@@ -5,9 +5,9 @@
 # (never raise an error) for inputs that are not proxied HTTP calls, so
 # `kind: "api"` and `kind: "mcp"` inputs evaluate cleanly to empty sets.
 #
-# Note on regular expressions: the engine may be built without the
-# regex crate's Unicode tables, in which case `\s`, `\d`, `\w` and `(?i)`
-# are rejected as "invalid regex". Only plain ASCII classes are used here.
+# No regular expressions on the request path: regorus compiles a pattern
+# on every call, which costs more than the rest of a decision. String
+# builtins (trim, split, strings.replace_n) do the same work here.
 package approvalplane
 
 # --- the three decision sets ------------------------------------------------
@@ -64,7 +64,7 @@ http_body := input.request.parsed_body if {
 
 # The parsed body when it is an object, else {} (for building summaries).
 http_object := v if {
-	v := http_body
+	v = http_body
 } else := {}
 
 # The parsed body whatever its shape (arrays for batch APIs).
@@ -101,9 +101,20 @@ whole_number(v) := v if {
 	v == floor(v)
 }
 
-whole_number(v) := to_number(v) if {
+# Leading zeros are dropped first: to_number("0007") is an error (it reads
+# JSON numbers).
+whole_number(v) := to_number(trim_left(v, "0")) if {
 	is_string(v)
-	regex.match(`^[0-9]{1,15}$`, v)
+	count(v) <= 15
+	trim_left(v, "0123456789") == ""
+	trim_left(v, "0") != ""
+}
+
+whole_number(v) := 0 if {
+	is_string(v)
+	v != ""
+	count(v) <= 15
+	trim_left(v, "0") == ""
 }
 
 # True when `v` is defined, whatever its value (false and null included).

@@ -13,13 +13,13 @@
 package approvalplane
 
 records_salesforce_max := v if {
-	v := whole_number(data.records.salesforce.max_records)
+	v = whole_number(data.records.salesforce.max_records)
 } else := 0 if {
 	not_whole_number(data.records.salesforce.max_records)
 } else := 10
 
 records_hubspot_max := v if {
-	v := whole_number(data.records.hubspot.max_records)
+	v = whole_number(data.records.hubspot.max_records)
 } else := 0 if {
 	not_whole_number(data.records.hubspot.max_records)
 } else := 10
@@ -76,7 +76,7 @@ salesforce_query_ids(v) := [id |
 salesforce_delete_ids := salesforce_query_ids(http_query.ids) if salesforce_batch_delete
 
 salesforce_delete_count := v if {
-	v := count(salesforce_delete_ids)
+	v = count(salesforce_delete_ids)
 } else := 0
 
 # POST .../composite {"compositeRequest": [...]} and .../composite/batch
@@ -103,7 +103,7 @@ salesforce_subrequest_writes := [r |
 salesforce_object_types := concat(", ", sort({t |
 	some r in http_body.records
 	is_object(r)
-	t := r.attributes.type
+	t = r.attributes.type
 	is_string(t)
 })) if salesforce_batch_write
 

@@ -11,7 +11,7 @@ package approvalplane
 # Missing from data: $500. Present but not a whole number: 0, so that every
 # refund with an amount asks (a broken setting must not open the gate).
 stripe_refund_max := v if {
-	v := whole_number(data.stripe.refund_auto_approve_max)
+	v = whole_number(data.stripe.refund_auto_approve_max)
 } else := 0 if {
 	not_whole_number(data.stripe.refund_auto_approve_max)
 } else := 50000
@@ -48,7 +48,7 @@ stripe_refund if {
 
 # The body states an amount (possibly a malformed one).
 stripe_refund_states_amount if {
-	a := http_body.amount
+	a = http_body.amount
 	not is_null(a)
 }
 
@@ -145,7 +145,7 @@ stripe_payout if {
 }
 
 stripe_payout_amount_text := v if {
-	v := money(whole_number(http_body.amount), stripe_currency)
+	v = money(whole_number(http_body.amount), stripe_currency)
 } else := "unreadable" if {
 	not_whole_number(http_body.amount)
 } else := "not stated"
@@ -266,7 +266,7 @@ stripe_payout_account_change if {
 	count(http_lsegments) == 3
 	http_lsegments[0] == "v1"
 	http_lsegments[1] == "accounts"
-	external_account := http_body.external_account
+	external_account = http_body.external_account
 	not is_null(external_account)
 }
 

@@ -100,19 +100,22 @@ pub fn rego_files(dir: &Path, with_tests: bool) -> Result<Vec<PathBuf>, PolicyEr
 
 /// The two evaluators.
 ///
-/// Requests are decided by the interpreter: it raises strict builtin errors, so a
-/// broken rule denies. regorus 0.14.1's VM is faster but decides some inputs of the
-/// shipped library differently (a full refund with no amount is missed), can treat
-/// a builtin error inside a rule body as "does not match", and renders an undefined
-/// summary value as the text `<undefined>`. The VM program is still compiled so the
-/// benchmark and the differential test can measure and compare it.
+/// Requests are decided by regorus's bytecode VM (RVM) when it can compile the
+/// bundle: compiled once, one VM per thread. The tree-walking interpreter runs
+/// `rules test` (the VM does not compile `with`), serves a bundle the VM cannot
+/// compile, and decides again any single request on which the VM failed or
+/// produced an undefined value. Both raise strict builtin errors, and an error of
+/// the engine that decides is a deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     /// regorus's bytecode VM: compiled once, one VM per thread.
     Rvm,
-    /// The tree-walking interpreter (used when the RVM cannot compile the rules).
+    /// The tree-walking interpreter.
     Interpreter,
 }
+
+/// Most VM instructions one decision may execute (regorus's default is 25,000).
+const RVM_MAX_INSTRUCTIONS: usize = 10_000_000;
 
 static BUNDLE_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -121,8 +124,32 @@ thread_local! {
     static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
 }
 
+/// Converts the input document without cloning it first.
+fn to_regorus(input: &Value) -> Result<regorus::Value, String> {
+    use serde::Deserialize;
+    regorus::Value::deserialize(input).map_err(|e| format!("input document: {e}"))
+}
+
+/// Whether an undefined value hides anywhere in `v`, as a value or as the text
+/// `<undefined>` (what a builtin makes of one). The VM can bind a variable to an
+/// undefined value (`x := missing` does not fail a body there) and carry it into
+/// an element that the interpreter would not have produced.
+fn has_undefined(v: &regorus::Value) -> bool {
+    match v {
+        regorus::Value::Undefined => true,
+        regorus::Value::String(s) => s.contains("<undefined>"),
+        regorus::Value::Array(a) => a.iter().any(has_undefined),
+        regorus::Value::Set(s) => s.iter().any(has_undefined),
+        regorus::Value::Object(o) => o.iter().any(|(k, v)| has_undefined(k) || has_undefined(v)),
+        _ => false,
+    }
+}
+
 /// The three sets out of the entry rule's value.
 fn sets_of(out: &regorus::Value) -> Result<RuleSets, String> {
+    if has_undefined(out) {
+        return Err("the rules produced an undefined value".into());
+    }
     let v = serde_json::to_value(out).map_err(|e| e.to_string())?;
     if !v.is_object() {
         return Err(format!("rules did not evaluate to the three sets (got {v})"));
@@ -266,44 +293,71 @@ impl PolicyBundle {
         &self.routes
     }
 
-    /// Evaluates the rules on `input` (with the interpreter) and returns the raw sets.
-    pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
-        self.eval_sets_with(input, EngineKind::Interpreter)
+    /// The engine that decides requests: the VM when it compiled the bundle.
+    pub fn serving_engine(&self) -> EngineKind {
+        if self.program.is_some() {
+            EngineKind::Rvm
+        } else {
+            EngineKind::Interpreter
+        }
     }
 
-    /// Evaluates with a chosen engine (the differential test runs both).
+    /// Evaluates the rules on `input` as requests are decided and returns the raw
+    /// sets: with the serving engine, and with the interpreter again when the VM
+    /// failed or produced an undefined value.
+    pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
+        let converted = to_regorus(input)?;
+        if let Some(program) = &self.program {
+            match self.eval_rvm(program, converted.clone()).and_then(|out| sets_of(&out)) {
+                Ok(sets) => return Ok(sets),
+                Err(e) => tracing::debug!(error = %e, "bytecode VM failed; deciding with the interpreter"),
+            }
+        }
+        sets_of(&self.eval_interpreter(converted)?)
+    }
+
+    /// Evaluates with one engine only, without falling back (the differential test
+    /// and the benchmark compare the two).
     pub fn eval_sets_with(&self, input: &Value, kind: EngineKind) -> Result<RuleSets, String> {
+        let converted = to_regorus(input)?;
         let out = match (kind, &self.program) {
-            (EngineKind::Rvm, Some(program)) => self.eval_rvm(program, input)?,
-            _ => self.eval_interpreter(input)?,
+            (EngineKind::Rvm, Some(program)) => self.eval_rvm(program, converted)?,
+            (EngineKind::Rvm, None) => return Err("the bytecode VM could not compile these rules".into()),
+            (EngineKind::Interpreter, _) => self.eval_interpreter(converted)?,
         };
         sets_of(&out)
     }
 
-    fn eval_rvm(&self, program: &Arc<Program>, input: &Value) -> Result<regorus::Value, String> {
+    fn eval_rvm(&self, program: &Arc<Program>, input: regorus::Value) -> Result<regorus::Value, String> {
         VM.with(|cell| {
             let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
-                let mut vm = RegoVM::new();
-                vm.load_program(program.clone());
-                vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
-                vm.set_strict_builtin_errors(true);
-                *slot = Some((self.id, vm));
-            }
-            let (_, vm) = slot.as_mut().ok_or("no VM")?;
-            vm.set_input(regorus::Value::from(input.clone()));
-            vm.execute().map_err(|e| e.to_string())
+            let vm = match &mut *slot {
+                Some((id, vm)) if *id == self.id => vm,
+                slot => {
+                    let mut vm = RegoVM::new();
+                    vm.load_program(program.clone());
+                    vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                    vm.set_strict_builtin_errors(true);
+                    vm.set_max_instructions(RVM_MAX_INSTRUCTIONS);
+                    &mut slot.insert((self.id, vm)).1
+                }
+            };
+            vm.set_input(input);
+            let out = vm.execute().map_err(|e| e.to_string());
+            // Do not keep this request's document alive until the next one.
+            vm.set_input(regorus::Value::Null);
+            out
         })
     }
 
-    fn eval_interpreter(&self, input: &Value) -> Result<regorus::Value, String> {
+    fn eval_interpreter(&self, input: regorus::Value) -> Result<regorus::Value, String> {
         let mut engine = self
             .pool
             .lock()
             .map_err(|_| "policy engine pool poisoned".to_string())?
             .pop()
             .unwrap_or_else(|| self.template.clone());
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(input);
         let out = engine.eval_rule(ENTRY_RULE.to_string());
         if let Ok(mut pool) = self.pool.lock() {
             if pool.len() < 64 {
@@ -363,10 +417,48 @@ allow contains {"id": "get", "reason": "reads are fine"} if input.request.method
     #[test]
     fn runtime_errors_deny() {
         let b = bundle(&[("stripe.rego", REFUNDS)]).unwrap();
-        // to_number("lots") is a builtin error under strict mode.
+        assert_eq!(b.serving_engine(), EngineKind::Rvm);
+        // to_number("lots") is a builtin error under strict mode: the interpreter
+        // fails the evaluation, and a failed evaluation denies.
+        let e = b.eval_sets_with(&req("POST", "lots"), EngineKind::Interpreter).unwrap_err();
+        assert!(e.contains("could not parse string as number"), "{e}");
+        // regorus 0.14.1's VM ends a rule body that raises as if its condition
+        // were false: the rule does not match. Here nothing else matches, so the
+        // request is denied all the same (by policy.default).
         let (v, _) = b.evaluate(&req("POST", "lots"));
         assert_eq!(v.decision, Decision::Deny);
-        assert!(v.error.is_some(), "{v:?}");
+        assert_eq!(b.eval_sets_with(&req("POST", "lots"), EngineKind::Rvm).unwrap(), RuleSets::default());
+    }
+
+    #[test]
+    fn undefined_values_from_the_vm_are_decided_by_the_interpreter() {
+        // On the VM, `x := missing` binds x to an undefined value instead of
+        // failing the body; an object comprehension then carries it.
+        let rules = r#"package approvalplane
+
+approval contains {"id": "a", "reason": "r", "route": "finance-oncall", "summary": {"n": n | n := input.request.parsed_body.missing}} if {
+    input.request.method == "POST"
+}
+"#;
+        let b = bundle(&[("a.rego", rules)]).unwrap();
+        let vm = b.eval_sets_with(&req("POST", "1"), EngineKind::Rvm).unwrap_err();
+        assert!(vm.contains("undefined"), "{vm}");
+        let (v, sets) = b.evaluate(&req("POST", "1"));
+        assert_eq!(v.decision, Decision::RequireApproval);
+        assert_eq!(sets, b.eval_sets_with(&req("POST", "1"), EngineKind::Interpreter).unwrap());
+        assert_eq!(sets.approval[0]["summary"], json!({}));
+    }
+
+    #[test]
+    fn the_vm_serves_and_agrees_on_simple_rules() {
+        let b = bundle(&[("stripe.rego", REFUNDS)]).unwrap();
+        for (m, a) in [("POST", "240000"), ("GET", "1"), ("POST", "100")] {
+            let input = req(m, a);
+            assert_eq!(
+                b.eval_sets_with(&input, EngineKind::Rvm).unwrap(),
+                b.eval_sets_with(&input, EngineKind::Interpreter).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,21 @@
 #   list_domains          every address at these domains is a list
 package approvalplane
 
+# --- dispatch ---------------------------------------------------------------
+
+# The rules below add to email_*; they reach the decision sets only for
+# requests that pass email_request, so other requests never evaluate them.
+
+approval contains element if {
+	email_request
+	some element in email_approval
+}
+
+allow contains element if {
+	email_request
+	some element in email_allow
+}
+
 email_max_recipients := v if {
 	v = whole_number(data.email.max_recipients)
 } else := 0 if {
@@ -51,7 +66,7 @@ email_request if {
 	upstream_is(p)
 }
 
-allow contains {
+email_allow contains {
 	"id": "email.read",
 	"reason": "read-only request to an email provider",
 } if {
@@ -254,7 +269,7 @@ email_bulk_risk := "high" if {
 	email_recipient_count > email_high_risk_recipients
 } else := "medium"
 
-approval contains {
+email_approval contains {
 	"id": "email.send.bulk",
 	"reason": sprintf("sends to %d recipients, over your limit of %d per send", [email_recipient_count, email_max_recipients]),
 	"route": "comms-oncall",
@@ -267,7 +282,7 @@ approval contains {
 	email_recipient_count > email_max_recipients
 }
 
-approval contains {
+email_approval contains {
 	"id": "email.send.list_address",
 	"reason": sprintf("sends to a list address that reaches many people: %s", [concat(", ", email_list_hits)]),
 	"route": "comms-oncall",
@@ -282,7 +297,7 @@ approval contains {
 
 # A send whose recipients cannot be read (e.g. an unparsed multipart body)
 # cannot be sized, so a person looks at it.
-approval contains {
+email_approval contains {
 	"id": "email.send.recipients_unknown",
 	"reason": "the recipients of this send could not be read from the request body",
 	"route": "comms-oncall",
@@ -295,7 +310,7 @@ approval contains {
 	email_recipient_count == 0
 }
 
-allow contains {
+email_allow contains {
 	"id": "email.send.small",
 	"reason": sprintf("sends to %d recipient(s), within your limit of %d, and to no list address", [email_recipient_count, email_max_recipients]),
 } if {

@@ -84,11 +84,21 @@ provider_upstreams(p) := data.providers[p] if is_array(data.providers[p])
 
 provider_upstreams(p) := [p] if not is_array(data.providers[p])
 
-# True when this is a proxied HTTP call to an upstream of provider `p`.
+# True when this is a proxied HTTP call to an upstream of provider `p`
+# (the same as `input.upstream in provider_upstreams(p)`, without building
+# the list).
 upstream_is(p) if {
 	http_request
 	is_string(input.upstream)
-	input.upstream in provider_upstreams(p)
+	is_array(data.providers[p])
+	input.upstream in data.providers[p]
+}
+
+upstream_is(p) if {
+	http_request
+	is_string(input.upstream)
+	not is_array(data.providers[p])
+	input.upstream == p
 }
 
 # --- values ------------------------------------------------------------------

@@ -17,6 +17,10 @@
 #   list_domains          every address at these domains is a list
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
 # --- dispatch ---------------------------------------------------------------
 
 # The rules below add to email_*; they reach the decision sets only for

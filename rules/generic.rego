@@ -15,6 +15,10 @@
 # one path segment, "**" any number.
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
 # --- dispatch ---------------------------------------------------------------
 
 # The rules below add to generic_*; they reach the decision sets only for

@@ -11,6 +11,10 @@
 #                            dispatch is a deploy
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
 # --- dispatch ---------------------------------------------------------------
 
 # The rules below add to github_*; they reach the decision sets only for

@@ -10,6 +10,10 @@
 # builtins (trim, split, strings.replace_n) do the same work here.
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
 # --- the three decision sets ------------------------------------------------
 
 # Declared here so that each set exists even when no remaining rule file adds

@@ -12,6 +12,10 @@
 #   postgrest.non_filter_params  query parameters that do not select rows
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
 # --- dispatch ---------------------------------------------------------------
 
 # The rules below add to records_*; they reach the decision sets only for

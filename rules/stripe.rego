@@ -8,6 +8,10 @@
 # the evaluation fail.
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
 # --- dispatch ---------------------------------------------------------------
 
 # The rules below add to stripe_*; they reach the decision sets only for

@@ -188,3 +188,17 @@ test_email_repeated_addresses_count_once if {
 	not "email.send.bulk" in approval_ids(inp)
 	"email.send.small" in allow_ids(inp)
 }
+
+# --- address extraction without regular expressions -------------------------
+
+test_email_addresses_are_the_matches_of_the_address_pattern if {
+	pattern := `[^ \t\r\n<>(),;:"\[\]]+@[^ \t\r\n<>(),;:"\[\]]+`
+	every s in [
+		`"Doe, Jane" <Jane@X.com>, bob@y.org`,
+		"a@b", "@ab", "ab@", "@", "a@@", "@@a", "x@y@z", "  a@b  ;c@d:e@f",
+		"<a@b>(c@d)[e@f]\"g@h\"", "a@b\tc@d\re@f\ng@h", "no address here",
+		"ü@é.de, Ünïcode@X.Y", "a@b,,,,c@d", "", "@a@", "a@b@",
+	] {
+		{lower(a) | some a in regex.find_n(pattern, s, -1)} == data.approvalplane.email_string_addresses(s)
+	}
+}

@@ -15,6 +15,25 @@
 # one path segment, "**" any number.
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
+# --- dispatch ---------------------------------------------------------------
+
+# The rules below add to generic_*; they reach the decision sets only for
+# requests that pass generic_delete, so other requests never evaluate them.
+
+approval contains element if {
+	generic_delete
+	some element in generic_approval
+}
+
+allow contains element if {
+	generic_delete
+	some element in generic_allow
+}
+
 generic_delete_allowlist := data.generic.delete_allowlist if {
 	is_array(data.generic.delete_allowlist)
 } else := []
@@ -60,7 +79,7 @@ generic_delete_allowed if {
 	generic_delete_allowlisted(entry)
 }
 
-approval contains {
+generic_approval contains {
 	"id": "generic.delete",
 	"reason": sprintf("DELETE %s on %s: deletions ask unless a rule or the delete allowlist covers them", [http_path, generic_upstream_text]),
 	"route": "ops-oncall",
@@ -74,7 +93,7 @@ approval contains {
 	not generic_delete_allowed
 }
 
-allow contains {
+generic_allow contains {
 	"id": "generic.delete_allowlisted",
 	"reason": sprintf("DELETE %s on %s is on the delete allowlist", [http_path, generic_upstream_text]),
 } if {

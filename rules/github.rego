@@ -11,6 +11,25 @@
 #                            dispatch is a deploy
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
+# --- dispatch ---------------------------------------------------------------
+
+# The rules below add to github_*; they reach the decision sets only for
+# requests that pass github_request, so other requests never evaluate them.
+
+approval contains element if {
+	github_request
+	some element in github_approval
+}
+
+allow contains element if {
+	github_request
+	some element in github_allow
+}
+
 github_merge_allowlist := data.github.merge_allowlist if {
 	is_array(data.github.merge_allowlist)
 } else := []
@@ -29,7 +48,7 @@ github_deploy_workflow_patterns := data.github.deploy_workflow_patterns if {
 
 github_request if upstream_is("github")
 
-allow contains {
+github_allow contains {
 	"id": "github.read",
 	"reason": "read-only GitHub request",
 } if {
@@ -93,7 +112,7 @@ github_pull_merge if {
 	github_rest[2] == "merge"
 }
 
-approval contains {
+github_approval contains {
 	"id": "github.pull.merge",
 	"reason": sprintf("merges pull request #%s into %s, possibly into a protected branch", [github_segs[4], github_repo]),
 	"route": "eng-oncall",
@@ -109,7 +128,7 @@ approval contains {
 	not github_allowlisted(github_repo)
 }
 
-allow contains {
+github_allow contains {
 	"id": "github.pull.merge_allowlisted",
 	"reason": sprintf("%s is on the merge allowlist", [github_repo]),
 } if {
@@ -122,7 +141,7 @@ github_merge_head := http_body.head if {
 	is_string(http_body.head)
 } else := "a branch"
 
-approval contains {
+github_approval contains {
 	"id": "github.branch.merge_protected",
 	"reason": sprintf("merges %s into the protected branch %s of %s", [github_merge_head, http_body.base, github_repo]),
 	"route": "eng-oncall",
@@ -150,7 +169,7 @@ github_repo_delete if {
 	github_lsegs[0] == "repos"
 }
 
-approval contains {
+github_approval contains {
 	"id": "github.repo.delete",
 	"reason": sprintf("deletes the repository %s with its issues, pull requests and wiki", [github_repo]),
 	"route": "eng-oncall",
@@ -170,7 +189,7 @@ github_branch_risk := "high" if {
 	github_protected(github_ref_branch)
 } else := "medium"
 
-approval contains {
+github_approval contains {
 	"id": "github.branch.delete",
 	"reason": sprintf("deletes the branch %s of %s", [github_ref_branch, github_repo]),
 	"route": "eng-oncall",
@@ -193,7 +212,7 @@ github_force_risk := "critical" if {
 	github_protected(github_ref_branch)
 } else := "high"
 
-approval contains {
+github_approval contains {
 	"id": "github.branch.force_push",
 	"reason": sprintf("force-updates %s of %s, which can discard commits", [github_ref_branch, github_repo]),
 	"route": "eng-oncall",
@@ -210,7 +229,7 @@ approval contains {
 }
 
 # A plain (fast-forward) ref update on a protected branch is a push to it.
-approval contains {
+github_approval contains {
 	"id": "github.branch.update_protected",
 	"reason": sprintf("moves the protected branch %s of %s", [github_ref_branch, github_repo]),
 	"route": "eng-oncall",
@@ -229,7 +248,7 @@ approval contains {
 
 # --- releases and deploys ---------------------------------------------------
 
-approval contains {
+github_approval contains {
 	"id": "github.release.create",
 	"reason": sprintf("publishes a release of %s", [github_repo]),
 	"route": "eng-oncall",
@@ -259,7 +278,7 @@ github_production_deploy if {
 
 github_production_deploy if http_body.production_environment == true
 
-approval contains {
+github_approval contains {
 	"id": "github.deployment.production",
 	"reason": sprintf("deploys %s to %s", [github_repo, github_deploy_environment]),
 	"route": "eng-oncall",
@@ -285,7 +304,7 @@ github_dispatched_workflow := github_segs[5] if {
 	github_rest[3] == "dispatches"
 }
 
-approval contains {
+github_approval contains {
 	"id": "github.workflow.deploy_dispatch",
 	"reason": sprintf("runs the deploy workflow %s in %s", [github_dispatched_workflow, github_repo]),
 	"route": "eng-oncall",
@@ -315,7 +334,7 @@ github_change_word := "add or update" if http_method == "PUT"
 
 github_change_word := "remove" if http_method == "DELETE"
 
-approval contains {
+github_approval contains {
 	"id": "github.collaborator.change",
 	"reason": sprintf("changes who can access %s (%s %s)", [github_repo, github_change_word, github_segs[4]]),
 	"route": "eng-oncall",
@@ -356,7 +375,7 @@ github_secret_change if {
 	github_secret
 }
 
-approval contains {
+github_approval contains {
 	"id": "github.secret.change",
 	"reason": sprintf("%s the secret %s of %s", [github_secret_verb, github_secret.secret, github_secret.scope]),
 	"route": "eng-oncall",

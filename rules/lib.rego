@@ -5,10 +5,14 @@
 # (never raise an error) for inputs that are not proxied HTTP calls, so
 # `kind: "api"` and `kind: "mcp"` inputs evaluate cleanly to empty sets.
 #
-# Note on regular expressions: the engine may be built without the
-# regex crate's Unicode tables, in which case `\s`, `\d`, `\w` and `(?i)`
-# are rejected as "invalid regex". Only plain ASCII classes are used here.
+# No regular expressions on the request path: regorus compiles a pattern
+# on every call, which costs more than the rest of a decision. String
+# builtins (trim, split, strings.replace_n) do the same work here.
 package approvalplane
+
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
 
 # --- the three decision sets ------------------------------------------------
 
@@ -64,7 +68,7 @@ http_body := input.request.parsed_body if {
 
 # The parsed body when it is an object, else {} (for building summaries).
 http_object := v if {
-	v := http_body
+	v = http_body
 } else := {}
 
 # The parsed body whatever its shape (arrays for batch APIs).
@@ -84,11 +88,21 @@ provider_upstreams(p) := data.providers[p] if is_array(data.providers[p])
 
 provider_upstreams(p) := [p] if not is_array(data.providers[p])
 
-# True when this is a proxied HTTP call to an upstream of provider `p`.
+# True when this is a proxied HTTP call to an upstream of provider `p`
+# (the same as `input.upstream in provider_upstreams(p)`, without building
+# the list).
 upstream_is(p) if {
 	http_request
 	is_string(input.upstream)
-	input.upstream in provider_upstreams(p)
+	is_array(data.providers[p])
+	input.upstream in data.providers[p]
+}
+
+upstream_is(p) if {
+	http_request
+	is_string(input.upstream)
+	not is_array(data.providers[p])
+	input.upstream == p
 }
 
 # --- values ------------------------------------------------------------------
@@ -101,9 +115,20 @@ whole_number(v) := v if {
 	v == floor(v)
 }
 
-whole_number(v) := to_number(v) if {
+# Leading zeros are dropped first: to_number("0007") is an error (it reads
+# JSON numbers).
+whole_number(v) := to_number(trim_left(v, "0")) if {
 	is_string(v)
-	regex.match(`^[0-9]{1,15}$`, v)
+	count(v) <= 15
+	trim_left(v, "0123456789") == ""
+	trim_left(v, "0") != ""
+}
+
+whole_number(v) := 0 if {
+	is_string(v)
+	v != ""
+	count(v) <= 15
+	trim_left(v, "0") == ""
 }
 
 # True when `v` is defined, whatever its value (false and null included).

@@ -202,3 +202,15 @@ test_http_input_with_odd_types_is_not_an_error if {
 	count(approvals(inp)) == 0
 	count(allows(inp)) == 0
 }
+
+test_whole_number_digit_strings_only if {
+	data.approvalplane.whole_number("0007") == 7
+	data.approvalplane.whole_number("000") == 0
+	data.approvalplane.whole_number("0") == 0
+	data.approvalplane.whole_number("999999999999999") == 999999999999999
+	not data.approvalplane.whole_number("9999999999999999")
+	not data.approvalplane.whole_number("1 2")
+	not data.approvalplane.whole_number(" 12")
+	not data.approvalplane.whole_number("١٢")
+	not data.approvalplane.whole_number("+12")
+}

@@ -12,14 +12,33 @@
 #   postgrest.non_filter_params  query parameters that do not select rows
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
+# --- dispatch ---------------------------------------------------------------
+
+# The rules below add to records_*; they reach the decision sets only for
+# requests that pass records_request, so other requests never evaluate them.
+
+approval contains element if {
+	records_request
+	some element in records_approval
+}
+
+allow contains element if {
+	records_request
+	some element in records_allow
+}
+
 records_salesforce_max := v if {
-	v := whole_number(data.records.salesforce.max_records)
+	v = whole_number(data.records.salesforce.max_records)
 } else := 0 if {
 	not_whole_number(data.records.salesforce.max_records)
 } else := 10
 
 records_hubspot_max := v if {
-	v := whole_number(data.records.hubspot.max_records)
+	v = whole_number(data.records.hubspot.max_records)
 } else := 0 if {
 	not_whole_number(data.records.hubspot.max_records)
 } else := 10
@@ -29,7 +48,7 @@ records_request if {
 	upstream_is(p)
 }
 
-allow contains {
+records_allow contains {
 	"id": "records.read",
 	"reason": "read-only request to a records API",
 } if {
@@ -76,7 +95,7 @@ salesforce_query_ids(v) := [id |
 salesforce_delete_ids := salesforce_query_ids(http_query.ids) if salesforce_batch_delete
 
 salesforce_delete_count := v if {
-	v := count(salesforce_delete_ids)
+	v = count(salesforce_delete_ids)
 } else := 0
 
 # POST .../composite {"compositeRequest": [...]} and .../composite/batch
@@ -103,7 +122,7 @@ salesforce_subrequest_writes := [r |
 salesforce_object_types := concat(", ", sort({t |
 	some r in http_body.records
 	is_object(r)
-	t := r.attributes.type
+	t = r.attributes.type
 	is_string(t)
 })) if salesforce_batch_write
 
@@ -111,7 +130,7 @@ salesforce_summary_extra := {"object": salesforce_object_types} if {
 	salesforce_object_types != ""
 } else := {}
 
-approval contains {
+records_approval contains {
 	"id": "records.salesforce.bulk_write",
 	"reason": sprintf("writes %d Salesforce records in one request, over your limit of %d", [salesforce_write_count, records_salesforce_max]),
 	"route": "data-oncall",
@@ -127,7 +146,7 @@ approval contains {
 	salesforce_write_count > records_salesforce_max
 }
 
-approval contains {
+records_approval contains {
 	"id": "records.salesforce.bulk_delete",
 	"reason": sprintf("deletes %d Salesforce records in one request, over your limit of %d", [salesforce_delete_count, records_salesforce_max]),
 	"route": "data-oncall",
@@ -149,7 +168,7 @@ salesforce_ids_sample := concat(", ", array.slice(salesforce_delete_ids, 0, 5)) 
 
 salesforce_ids_sample := sprintf("%s (+%d more)", [concat(", ", array.slice(salesforce_delete_ids, 0, 5)), count(salesforce_delete_ids) - 5]) if count(salesforce_delete_ids) > 5
 
-approval contains {
+records_approval contains {
 	"id": "records.salesforce.bulk_write",
 	"reason": sprintf("a composite request with %d writing subrequests, over your limit of %d", [count(salesforce_subrequest_writes), records_salesforce_max]),
 	"route": "data-oncall",
@@ -177,7 +196,7 @@ salesforce_job_risk := "critical" if {
 	lower(salesforce_job_operation) == "harddelete"
 } else := "high"
 
-approval contains {
+records_approval contains {
 	"id": "records.salesforce.bulk_job",
 	"reason": sprintf("starts a Bulk API %s job, which changes records in bulk", [salesforce_job_operation]),
 	"route": "data-oncall",
@@ -190,7 +209,7 @@ approval contains {
 	"escalate_after": "30m",
 } if salesforce_job_operation
 
-allow contains {
+records_allow contains {
 	"id": "records.salesforce.small_batch",
 	"reason": sprintf("a batch of %d records, within your limit of %d", [salesforce_small_count, records_salesforce_max]),
 } if {
@@ -223,7 +242,7 @@ hubspot_batch_risk := "high" if {
 	hubspot_batch_op == "archive"
 } else := "medium"
 
-approval contains {
+records_approval contains {
 	"id": sprintf("records.hubspot.bulk_%s", [hubspot_batch_op]),
 	"reason": sprintf("%s of %d HubSpot %s in one request, over your limit of %d", [hubspot_batch_op, hubspot_batch_count, http_segments[3], records_hubspot_max]),
 	"route": "data-oncall",
@@ -240,7 +259,7 @@ approval contains {
 	hubspot_batch_count > records_hubspot_max
 }
 
-allow contains {
+records_allow contains {
 	"id": "records.hubspot.small_batch",
 	"reason": sprintf("a batch of %d records, within your limit of %d", [hubspot_batch_count, records_hubspot_max]),
 } if {
@@ -309,7 +328,7 @@ postgrest_filter_text := concat(", ", postgrest_filters) if {
 	count(postgrest_filters) > 0
 } else := "none (every row)"
 
-approval contains {
+records_approval contains {
 	"id": "records.postgrest.unfiltered",
 	"reason": sprintf("%s on %s without a row filter changes every row of the table", [http_method, postgrest_table]),
 	"route": "data-oncall",
@@ -328,7 +347,7 @@ postgrest_protected if {
 	lower(t) == lower(postgrest_table)
 }
 
-approval contains {
+records_approval contains {
 	"id": "records.postgrest.protected_table",
 	"reason": sprintf("%s is a protected table: every change to it asks", [postgrest_table]),
 	"route": "data-oncall",
@@ -342,7 +361,7 @@ approval contains {
 	postgrest_protected
 }
 
-approval contains {
+records_approval contains {
 	"id": "records.postgrest.filtered_write_gated",
 	"reason": sprintf("filtered writes need approval here (data.records.postgrest.allow_filtered_writes is false): %s on %s", [http_method, postgrest_table]),
 	"route": "data-oncall",
@@ -357,7 +376,7 @@ approval contains {
 	postgrest_allow_filtered == false
 }
 
-allow contains {
+records_allow contains {
 	"id": "records.postgrest.filtered_write",
 	"reason": sprintf("%s on %s is limited by a row filter (%s)", [http_method, postgrest_table, postgrest_filter_text]),
 } if {

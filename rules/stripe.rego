@@ -8,10 +8,34 @@
 # the evaluation fail.
 package approvalplane
 
+# Every builtin argument below is type-guarded and every value that may be
+# missing is bound with `=`, so the bytecode VM may decide (docs/policy.md):
+# approvalplane: vm-safe
+
+# --- dispatch ---------------------------------------------------------------
+
+# The rules below add to stripe_*; they reach the decision sets only for
+# requests that pass stripe_request, so other requests never evaluate them.
+
+deny contains element if {
+	stripe_request
+	some element in stripe_deny
+}
+
+approval contains element if {
+	stripe_request
+	some element in stripe_approval
+}
+
+allow contains element if {
+	stripe_request
+	some element in stripe_allow
+}
+
 # Missing from data: $500. Present but not a whole number: 0, so that every
 # refund with an amount asks (a broken setting must not open the gate).
 stripe_refund_max := v if {
-	v := whole_number(data.stripe.refund_auto_approve_max)
+	v = whole_number(data.stripe.refund_auto_approve_max)
 } else := 0 if {
 	not_whole_number(data.stripe.refund_auto_approve_max)
 } else := 50000
@@ -19,7 +43,7 @@ stripe_refund_max := v if {
 stripe_request if upstream_is("stripe")
 
 # Reads never move money.
-allow contains {
+stripe_allow contains {
 	"id": "stripe.read",
 	"reason": "read-only Stripe request",
 } if {
@@ -48,7 +72,7 @@ stripe_refund if {
 
 # The body states an amount (possibly a malformed one).
 stripe_refund_states_amount if {
-	a := http_body.amount
+	a = http_body.amount
 	not is_null(a)
 }
 
@@ -89,7 +113,7 @@ stripe_threshold_text := money(stripe_refund_max, stripe_currency) if {
 	not lower(stripe_currency) in {"", "usd"}
 }
 
-approval contains {
+stripe_approval contains {
 	"id": "stripe.refund.large",
 	"reason": sprintf("refund amount %s is over your %s auto-approve threshold", [stripe_refund_amount_text, stripe_threshold_text]),
 	"route": "finance-oncall",
@@ -104,7 +128,7 @@ approval contains {
 
 # Without an amount Stripe refunds everything that is left on the charge,
 # which may be any amount.
-approval contains {
+stripe_approval contains {
 	"id": "stripe.refund.full",
 	"reason": sprintf("full refund with no amount stated: it may be over your %s auto-approve threshold", [stripe_threshold_text]),
 	"route": "finance-oncall",
@@ -117,7 +141,7 @@ approval contains {
 	not stripe_refund_states_amount
 }
 
-allow contains {
+stripe_allow contains {
 	"id": "stripe.refund.small",
 	"reason": sprintf("refund amount %s is within your %s auto-approve threshold", [stripe_refund_amount_text, stripe_threshold_text]),
 } if {
@@ -127,7 +151,7 @@ allow contains {
 
 # An amount that is not a whole number of minor units cannot be compared
 # with the threshold; Stripe would refuse it anyway.
-deny contains {
+stripe_deny contains {
 	"id": "stripe.refund.invalid_amount",
 	"reason": "refund amount is not a whole number of minor units (e.g. amount=240000 for $2,400.00)",
 } if {
@@ -145,12 +169,12 @@ stripe_payout if {
 }
 
 stripe_payout_amount_text := v if {
-	v := money(whole_number(http_body.amount), stripe_currency)
+	v = money(whole_number(http_body.amount), stripe_currency)
 } else := "unreadable" if {
 	not_whole_number(http_body.amount)
 } else := "not stated"
 
-approval contains {
+stripe_approval contains {
 	"id": "stripe.payout.create",
 	"reason": sprintf("payout of %s moves money out of the Stripe balance", [stripe_payout_amount_text]),
 	"route": "finance-oncall",
@@ -173,7 +197,7 @@ stripe_customer_delete if {
 	http_lsegments[1] == "customers"
 }
 
-approval contains {
+stripe_approval contains {
 	"id": "stripe.customer.delete",
 	"reason": "deleting a customer is permanent and cancels all of its active subscriptions",
 	"route": "finance-oncall",
@@ -215,7 +239,7 @@ stripe_subscription_cancel_later if {
 	whole_number(http_body.cancel_at)
 }
 
-approval contains {
+stripe_approval contains {
 	"id": "stripe.subscription.cancel",
 	"reason": "cancelling a subscription stops the customer's billing now",
 	"route": "finance-oncall",
@@ -228,7 +252,7 @@ approval contains {
 	"escalate_after": "30m",
 } if stripe_subscription_cancel_now
 
-approval contains {
+stripe_approval contains {
 	"id": "stripe.subscription.cancel",
 	"reason": "this update schedules the subscription to be cancelled",
 	"route": "finance-oncall",
@@ -266,7 +290,7 @@ stripe_payout_account_change if {
 	count(http_lsegments) == 3
 	http_lsegments[0] == "v1"
 	http_lsegments[1] == "accounts"
-	external_account := http_body.external_account
+	external_account = http_body.external_account
 	not is_null(external_account)
 }
 
@@ -289,7 +313,7 @@ stripe_external_account_field := {"external_account": http_segments[4]} if {
 	is_string(http_body.external_account)
 } else := {}
 
-approval contains {
+stripe_approval contains {
 	"id": "stripe.payout_account.change",
 	"reason": "changes the bank account or card that payouts are sent to",
 	"route": "finance-oncall",

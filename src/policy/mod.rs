@@ -1,8 +1,8 @@
 //! Policy: Rego rules compiled once into a bundle, evaluated per request.
 //!
 //! Owns loading (`.rego` files and the data file), the bundle hash, evaluation with
-//! regorus (strict builtin errors on, so a broken rule denies instead of silently not
-//! matching) and the policy input document. Combining the three rule sets into a
+//! regorus (the bytecode VM, one per thread; the interpreter with strict builtin
+//! errors as fallback, see [`EngineKind`]) and the policy input document. Combining the three rule sets into a
 //! decision is the pure [`combine`] module; running `test_*` rules is [`testing`].
 //!
 //! It does not know about HTTP, the store or the audit log.
@@ -100,19 +100,40 @@ pub fn rego_files(dir: &Path, with_tests: bool) -> Result<Vec<PathBuf>, PolicyEr
 
 /// The two evaluators.
 ///
-/// Requests are decided by the interpreter: it raises strict builtin errors, so a
-/// broken rule denies. regorus 0.14.1's VM is faster but decides some inputs of the
-/// shipped library differently (a full refund with no amount is missed), can treat
-/// a builtin error inside a rule body as "does not match", and renders an undefined
-/// summary value as the text `<undefined>`. The VM program is still compiled so the
-/// benchmark and the differential test can measure and compare it.
+/// Requests are decided by regorus's bytecode VM (RVM) when it can compile the
+/// bundle and every rule file carries [`VM_SAFE_MARKER`]: compiled once, one VM
+/// per thread. Otherwise the interpreter decides. The tree-walking interpreter runs
+/// `rules test` (the VM does not compile `with`), serves a bundle the VM cannot
+/// compile, and decides again any single request on which the VM failed or
+/// produced an undefined value; an error of the interpreter is a deny.
+///
+/// Two differences of regorus 0.14.1's VM shape the shipped library (and are
+/// documented for rule writers in docs/policy.md): `x := <undefined>` does not
+/// fail a rule body (bind with `=` where a value may be missing), and a builtin
+/// error inside a rule body ends that body as a false condition would, instead of
+/// failing the evaluation (guard every builtin argument's type). The marker is a
+/// file author's statement that neither matters for that file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     /// regorus's bytecode VM: compiled once, one VM per thread.
     Rvm,
-    /// The tree-walking interpreter (used when the RVM cannot compile the rules).
+    /// The tree-walking interpreter.
     Interpreter,
 }
+
+/// The line by which a rule file's author states that it is safe for the VM:
+/// every builtin argument is type-guarded (so no builtin error can occur) and
+/// every value that may be missing is bound with `=`. The VM serves a bundle
+/// only when every rule file carries it; otherwise the interpreter does.
+pub const VM_SAFE_MARKER: &str = "# approvalplane: vm-safe";
+
+/// Whether a rule file's text carries [`VM_SAFE_MARKER`] on a line of its own.
+fn is_vm_safe(text: &str) -> bool {
+    text.lines().any(|l| l.trim_end() == VM_SAFE_MARKER)
+}
+
+/// Most VM instructions one decision may execute (regorus's default is 25,000).
+const RVM_MAX_INSTRUCTIONS: usize = 10_000_000;
 
 static BUNDLE_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -121,8 +142,32 @@ thread_local! {
     static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
 }
 
+/// Converts the input document without cloning it first.
+fn to_regorus(input: &Value) -> Result<regorus::Value, String> {
+    use serde::Deserialize;
+    regorus::Value::deserialize(input).map_err(|e| format!("input document: {e}"))
+}
+
+/// Whether an undefined value hides anywhere in `v`, as a value or as the text
+/// `<undefined>` (what a builtin makes of one). The VM can bind a variable to an
+/// undefined value (`x := missing` does not fail a body there) and carry it into
+/// an element that the interpreter would not have produced.
+fn has_undefined(v: &regorus::Value) -> bool {
+    match v {
+        regorus::Value::Undefined => true,
+        regorus::Value::String(s) => s.contains("<undefined>"),
+        regorus::Value::Array(a) => a.iter().any(has_undefined),
+        regorus::Value::Set(s) => s.iter().any(has_undefined),
+        regorus::Value::Object(o) => o.iter().any(|(k, v)| has_undefined(k) || has_undefined(v)),
+        _ => false,
+    }
+}
+
 /// The three sets out of the entry rule's value.
 fn sets_of(out: &regorus::Value) -> Result<RuleSets, String> {
+    if has_undefined(out) {
+        return Err("the rules produced an undefined value".into());
+    }
     let v = serde_json::to_value(out).map_err(|e| e.to_string())?;
     if !v.is_object() {
         return Err(format!("rules did not evaluate to the three sets (got {v})"));
@@ -145,6 +190,8 @@ pub struct PolicyBundle {
     template: Engine,
     pool: Mutex<Vec<Engine>>,
     program: Option<Arc<Program>>,
+    /// Every rule file carries [`VM_SAFE_MARKER`].
+    vm_safe: bool,
     data: regorus::Value,
     default: DefaultDecision,
     mode: PolicyMode,
@@ -159,25 +206,32 @@ impl std::fmt::Debug for PolicyBundle {
 
 /// Builds an engine with the files of `src` loaded, strict, with data.
 pub fn build_engine(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String), PolicyError> {
-    build_engine_with_data(src).map(|(e, f, h, _)| (e, f, h))
+    build_engine_with_data(src).map(|(e, f, h, _, _)| (e, f, h))
 }
 
-fn build_engine_with_data(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, String, regorus::Value), PolicyError> {
+/// Also returns the data and whether every rule file (tests aside) is marked safe
+/// for the VM.
+#[allow(clippy::type_complexity)]
+fn build_engine_with_data(
+    src: &BundleSource,
+) -> Result<(Engine, Vec<PathBuf>, String, regorus::Value, bool), PolicyError> {
     let files = rego_files(&src.rules_dir, src.with_tests)?;
     let mut engine = Engine::new();
     engine.set_strict_builtin_errors(true);
     engine.set_rego_v0(false);
     let mut hasher = Sha256::new();
     hasher.update(b"approvalplane-policy-bundle-v1\n");
+    let mut vm_safe = true;
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|source| PolicyError::Read { path: f.clone(), source })?;
+        let is_test = f.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with("_test"));
+        vm_safe &= is_test || is_vm_safe(&text);
         let rel = f.strip_prefix(&src.rules_dir).unwrap_or(f);
         hasher.update(format!("file {} {}\n", rel.display(), text.len()).as_bytes());
         hasher.update(text.as_bytes());
         let package =
             engine.add_policy(f.display().to_string(), text).map_err(|e| PolicyError::Compile(e.to_string()))?;
         let package = package.trim_start_matches("data.").to_string();
-        let is_test = f.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with("_test"));
         let expected = if is_test { TEST_PACKAGE } else { PACKAGE };
         if package != expected {
             return Err(PolicyError::Package { path: f.clone(), package });
@@ -202,7 +256,7 @@ fn build_engine_with_data(src: &BundleSource) -> Result<(Engine, Vec<PathBuf>, S
         data = regorus::Value::from(v);
         engine.add_data(data.clone()).map_err(|e| PolicyError::Data { path: d.clone(), message: e.to_string() })?;
     }
-    Ok((engine, files, format!("sha256:{}", hex::encode(hasher.finalize())), data))
+    Ok((engine, files, format!("sha256:{}", hex::encode(hasher.finalize())), data, vm_safe))
 }
 
 impl PolicyBundle {
@@ -219,7 +273,7 @@ impl PolicyBundle {
             data_file: data_file.map(Path::to_path_buf),
             with_tests: false,
         };
-        let (mut engine, files, hash, data) = build_engine_with_data(&src)?;
+        let (mut engine, files, hash, data, vm_safe) = build_engine_with_data(&src)?;
         engine
             .add_policy("<approvalplane-entry>".to_string(), ENTRY_MODULE.to_string())
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
@@ -234,6 +288,9 @@ impl PolicyBundle {
                 None
             }
         };
+        if program.is_some() && !vm_safe {
+            tracing::info!("not every rule file is marked {VM_SAFE_MARKER:?}; the interpreter decides requests");
+        }
         Ok(PolicyBundle {
             id: BUNDLE_IDS.fetch_add(1, Ordering::Relaxed),
             hash,
@@ -241,6 +298,7 @@ impl PolicyBundle {
             template: engine,
             pool: Mutex::new(Vec::new()),
             program,
+            vm_safe,
             data,
             default,
             mode,
@@ -266,44 +324,71 @@ impl PolicyBundle {
         &self.routes
     }
 
-    /// Evaluates the rules on `input` (with the interpreter) and returns the raw sets.
-    pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
-        self.eval_sets_with(input, EngineKind::Interpreter)
+    /// The engine that decides requests: the VM when it compiled the bundle.
+    pub fn serving_engine(&self) -> EngineKind {
+        if self.program.is_some() && self.vm_safe {
+            EngineKind::Rvm
+        } else {
+            EngineKind::Interpreter
+        }
     }
 
-    /// Evaluates with a chosen engine (the differential test runs both).
+    /// Evaluates the rules on `input` as requests are decided and returns the raw
+    /// sets: with the serving engine, and with the interpreter again when the VM
+    /// failed or produced an undefined value.
+    pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
+        let converted = to_regorus(input)?;
+        if let (EngineKind::Rvm, Some(program)) = (self.serving_engine(), &self.program) {
+            match self.eval_rvm(program, converted.clone()).and_then(|out| sets_of(&out)) {
+                Ok(sets) => return Ok(sets),
+                Err(e) => tracing::debug!(error = %e, "bytecode VM failed; deciding with the interpreter"),
+            }
+        }
+        sets_of(&self.eval_interpreter(converted)?)
+    }
+
+    /// Evaluates with one engine only, without falling back (the differential test
+    /// and the benchmark compare the two).
     pub fn eval_sets_with(&self, input: &Value, kind: EngineKind) -> Result<RuleSets, String> {
+        let converted = to_regorus(input)?;
         let out = match (kind, &self.program) {
-            (EngineKind::Rvm, Some(program)) => self.eval_rvm(program, input)?,
-            _ => self.eval_interpreter(input)?,
+            (EngineKind::Rvm, Some(program)) => self.eval_rvm(program, converted)?,
+            (EngineKind::Rvm, None) => return Err("the bytecode VM could not compile these rules".into()),
+            (EngineKind::Interpreter, _) => self.eval_interpreter(converted)?,
         };
         sets_of(&out)
     }
 
-    fn eval_rvm(&self, program: &Arc<Program>, input: &Value) -> Result<regorus::Value, String> {
+    fn eval_rvm(&self, program: &Arc<Program>, input: regorus::Value) -> Result<regorus::Value, String> {
         VM.with(|cell| {
             let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
-                let mut vm = RegoVM::new();
-                vm.load_program(program.clone());
-                vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
-                vm.set_strict_builtin_errors(true);
-                *slot = Some((self.id, vm));
-            }
-            let (_, vm) = slot.as_mut().ok_or("no VM")?;
-            vm.set_input(regorus::Value::from(input.clone()));
-            vm.execute().map_err(|e| e.to_string())
+            let vm = match &mut *slot {
+                Some((id, vm)) if *id == self.id => vm,
+                slot => {
+                    let mut vm = RegoVM::new();
+                    vm.load_program(program.clone());
+                    vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                    vm.set_strict_builtin_errors(true);
+                    vm.set_max_instructions(RVM_MAX_INSTRUCTIONS);
+                    &mut slot.insert((self.id, vm)).1
+                }
+            };
+            vm.set_input(input);
+            let out = vm.execute().map_err(|e| e.to_string());
+            // Do not keep this request's document alive until the next one.
+            vm.set_input(regorus::Value::Null);
+            out
         })
     }
 
-    fn eval_interpreter(&self, input: &Value) -> Result<regorus::Value, String> {
+    fn eval_interpreter(&self, input: regorus::Value) -> Result<regorus::Value, String> {
         let mut engine = self
             .pool
             .lock()
             .map_err(|_| "policy engine pool poisoned".to_string())?
             .pop()
             .unwrap_or_else(|| self.template.clone());
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(input);
         let out = engine.eval_rule(ENTRY_RULE.to_string());
         if let Ok(mut pool) = self.pool.lock() {
             if pool.len() < 64 {
@@ -363,10 +448,64 @@ allow contains {"id": "get", "reason": "reads are fine"} if input.request.method
     #[test]
     fn runtime_errors_deny() {
         let b = bundle(&[("stripe.rego", REFUNDS)]).unwrap();
-        // to_number("lots") is a builtin error under strict mode.
+        // Not marked vm-safe: the interpreter decides, and to_number("lots") is a
+        // builtin error under strict mode, which denies.
+        assert_eq!(b.serving_engine(), EngineKind::Interpreter);
         let (v, _) = b.evaluate(&req("POST", "lots"));
         assert_eq!(v.decision, Decision::Deny);
         assert!(v.error.is_some(), "{v:?}");
+        // regorus 0.14.1's VM ends a rule body that raises as if its condition
+        // were false: the rule does not match. That is why the VM serves only
+        // files whose authors mark every builtin argument as type-guarded.
+        assert_eq!(b.eval_sets_with(&req("POST", "lots"), EngineKind::Rvm).unwrap(), RuleSets::default());
+    }
+
+    #[test]
+    fn the_vm_serves_files_marked_safe_for_it() {
+        let marked = format!("{VM_SAFE_MARKER}\n{REFUNDS}");
+        let b = bundle(&[("stripe.rego", &marked)]).unwrap();
+        assert_eq!(b.serving_engine(), EngineKind::Rvm);
+        assert_eq!(b.evaluate(&req("POST", "240000")).0.decision, Decision::RequireApproval);
+        assert_eq!(b.evaluate(&req("GET", "1")).0.decision, Decision::Allow);
+        // One unmarked file puts the whole bundle on the interpreter.
+        let b = bundle(&[("stripe.rego", &marked), ("site.rego", "package approvalplane\n")]).unwrap();
+        assert_eq!(b.serving_engine(), EngineKind::Interpreter);
+        // Test files need no marker.
+        let b = bundle(&[("stripe.rego", &marked), ("stripe_test.rego", "package approvalplane_test\n")]).unwrap();
+        assert_eq!(b.serving_engine(), EngineKind::Rvm);
+    }
+
+    #[test]
+    fn undefined_values_from_the_vm_are_decided_by_the_interpreter() {
+        // On the VM, `x := missing` binds x to an undefined value instead of
+        // failing the body; an object comprehension then carries it.
+        let rules = r#"package approvalplane
+# approvalplane: vm-safe
+
+approval contains {"id": "a", "reason": "r", "route": "finance-oncall", "summary": {"n": n | n := input.request.parsed_body.missing}} if {
+    input.request.method == "POST"
+}
+"#;
+        let b = bundle(&[("a.rego", rules)]).unwrap();
+        assert_eq!(b.serving_engine(), EngineKind::Rvm);
+        let vm = b.eval_sets_with(&req("POST", "1"), EngineKind::Rvm).unwrap_err();
+        assert!(vm.contains("undefined"), "{vm}");
+        let (v, sets) = b.evaluate(&req("POST", "1"));
+        assert_eq!(v.decision, Decision::RequireApproval);
+        assert_eq!(sets, b.eval_sets_with(&req("POST", "1"), EngineKind::Interpreter).unwrap());
+        assert_eq!(sets.approval[0]["summary"], json!({}));
+    }
+
+    #[test]
+    fn the_vm_agrees_on_simple_rules() {
+        let b = bundle(&[("stripe.rego", REFUNDS)]).unwrap();
+        for (m, a) in [("POST", "240000"), ("GET", "1"), ("POST", "100")] {
+            let input = req(m, a);
+            assert_eq!(
+                b.eval_sets_with(&input, EngineKind::Rvm).unwrap(),
+                b.eval_sets_with(&input, EngineKind::Interpreter).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -50,7 +50,12 @@ fn test_rules(engine: &regorus::Engine) -> Result<Vec<String>, PolicyError> {
 pub fn run(dir: &Path, data_file: Option<&Path>) -> Result<Vec<TestResult>, PolicyError> {
     let src = BundleSource { rules_dir: dir.to_path_buf(), data_file: data_file.map(PathBuf::from), with_tests: true };
     let (engine, _files, _hash) = build_engine(&src)?;
-    let names = test_rules(&engine)?;
+    run_engine(&engine)
+}
+
+/// Runs every `test_*` rule loaded in `engine` (each on its own clone).
+pub fn run_engine(engine: &regorus::Engine) -> Result<Vec<TestResult>, PolicyError> {
+    let names = test_rules(engine)?;
     let mut results = Vec::new();
     for name in names {
         let mut e = engine.clone();

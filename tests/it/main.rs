@@ -14,6 +14,7 @@ mod hold;
 mod hostile;
 mod mcp;
 mod notify_webhook;
+mod policy_engines;
 mod proxy;
 mod rules;
 mod slack;

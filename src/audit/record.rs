@@ -19,16 +19,119 @@ pub const HASH_DOMAIN: &[u8] = b"approvalplane.audit.record.v1\n";
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// JCS (RFC 8785) encoding.
+///
+/// Records hold strings, integers, booleans, nulls, arrays and objects; for those
+/// JCS is compact JSON with object members sorted by their UTF-16 code units,
+/// which [`write_canonical`] writes in one pass (the audit writer seals every
+/// record with it, on the request path's thread budget). A value holding a
+/// non-integer number goes through `serde_jcs`, whose ECMAScript number
+/// formatting is the reference. A property test checks both agree.
 pub fn canonical(v: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    if write_canonical(v, &mut out).is_ok() {
+        return out;
+    }
     // serde_jcs only fails on non-string map keys, which a serde_json::Value cannot hold.
     serde_jcs::to_string(v).unwrap_or_default()
 }
 
+/// A number the fast path leaves to `serde_jcs`.
+#[derive(Debug)]
+struct NotInteger;
+
+fn write_canonical(v: &Value, out: &mut String) -> Result<(), NotInteger> {
+    use std::fmt::Write as _;
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                let _ = write!(out, "{u}");
+            } else if let Some(i) = n.as_i64() {
+                let _ = write!(out, "{i}");
+            } else {
+                return Err(NotInteger);
+            }
+        }
+        Value::String(s) => write_string(s, out),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out)?;
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            let mut members: Vec<(&String, &Value)> = m.iter().collect();
+            members.sort_unstable_by(|a, b| utf16_cmp(a.0, b.0));
+            out.push('{');
+            for (i, (k, x)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                write_canonical(x, out)?;
+            }
+            out.push('}');
+        }
+    }
+    Ok(())
+}
+
+/// Member order of JCS: by UTF-16 code units (byte order for ASCII).
+fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// A JSON string as JCS writes it: `"` and `\` escaped, control characters as
+/// `\b \t \n \f \r` or `\u00xx` (lower-case hex), everything else as is.
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
 /// The hash of a record given without its `hash` field.
 pub fn hash_of(without_hash: &Value) -> String {
+    hash_canonical(&canonical(without_hash))
+}
+
+fn hash_canonical(canonical: &str) -> String {
     let mut h = Sha256::new();
     h.update(HASH_DOMAIN);
-    h.update(canonical(without_hash).as_bytes());
+    h.update(canonical.as_bytes());
     hex::encode(h.finalize())
 }
 
@@ -51,10 +154,68 @@ pub fn seal(h: &Header<'_>, fields: Map<String, Value>) -> (String, String) {
     m.insert("ts".into(), Value::from(h.ts));
     m.insert("prev".into(), Value::from(h.prev));
     m.remove("hash");
-    let mut v = Value::Object(m);
-    let hash = hash_of(&v);
-    v["hash"] = Value::from(hash.clone());
-    (canonical(&v), hash)
+    let v = Value::Object(m);
+    let without = canonical(&v);
+    let hash = hash_canonical(&without);
+    // The line is the same encoding with `"hash":"…"` in its sorted place among
+    // the top-level members: splice it in rather than encode everything again.
+    let line = match &v {
+        Value::Object(m) if !without.is_empty() => {
+            let after: Vec<&String> = m.keys().filter(|k| utf16_cmp(k, "hash").is_gt()).collect();
+            let member = format!("\"hash\":\"{hash}\"");
+            match after.iter().min_by(|a, b| utf16_cmp(a, b)) {
+                // The first member after "hash": insert before it.
+                Some(next) => {
+                    let mut key = String::new();
+                    write_string(next, &mut key);
+                    let at = top_level_member_start(&without, &key);
+                    match at {
+                        Some(at) => format!("{}{member},{}", &without[..at], &without[at..]),
+                        None => reencode(v, &hash),
+                    }
+                }
+                None if without == "{}" => format!("{{{member}}}"),
+                None => format!("{},{member}}}", &without[..without.len() - 1]),
+            }
+        }
+        _ => reencode(v, &hash),
+    };
+    (line, hash)
+}
+
+fn reencode(v: Value, hash: &str) -> String {
+    let mut v = v;
+    v["hash"] = Value::from(hash);
+    canonical(&v)
+}
+
+/// Where the top-level member whose encoded key is `key` starts in `canonical`.
+fn top_level_member_start(canonical: &str, key: &str) -> Option<usize> {
+    let b = canonical.as_bytes();
+    let (mut depth, mut in_str, mut esc) = (0i32, false, false);
+    for (i, &c) in b.iter().enumerate() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => {
+                if depth == 1 && (b[i - 1] == b'{' || b[i - 1] == b',') && canonical[i..].starts_with(key) {
+                    return Some(i);
+                }
+                in_str = true;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -75,5 +236,69 @@ mod tests {
         without.as_object_mut().unwrap().remove("hash");
         assert_eq!(hash_of(&without), hash);
         assert!(line.starts_with("{\"agent\":\"a\""), "keys sorted: {line}");
+    }
+
+    fn reference(v: &Value) -> String {
+        serde_jcs::to_string(v).unwrap()
+    }
+
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[a-z\\u{0}-\\u{1f}\"\\\\/\\u{7f}-\\u{a0}\\u{2028}\\u{e9}\\u{1f600}]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                // serde_jcs orders astral-plane keys by code point, not by UTF-16 code
+                // units as RFC 8785 says: the reference holds for keys in the BMP
+                // (the RFC's own example below covers the rest).
+                proptest::collection::vec(("[a-zA-Z_\\u{e9}\\u{ff61}\\u{20ac}]{0,6}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_encoding_is_jcs(v in arb_value()) {
+            proptest::prop_assert_eq!(canonical(&v), reference(&v));
+        }
+
+        #[test]
+        fn sealing_splices_the_hash_where_jcs_puts_it(v in arb_value()) {
+            let Value::Object(mut m) = v else { return Ok(()) };
+            m.insert("kind".into(), Value::from("decision"));
+            let (line, hash) = seal(&Header { chain: "c", seq: 3, ts: "t", prev: GENESIS_PREV }, m);
+            let parsed: Value = serde_json::from_str(&line).unwrap();
+            proptest::prop_assert_eq!(&line, &reference(&parsed));
+            let mut without = parsed.clone();
+            without.as_object_mut().unwrap().remove("hash");
+            proptest::prop_assert_eq!(hash_of(&without), hash);
+        }
+    }
+
+    /// RFC 8785 §3.2.3: members sorted by UTF-16 code units.
+    #[test]
+    fn the_rfc_sorting_example() {
+        let v: Value = serde_json::from_str(
+            r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#,
+        )
+        .unwrap();
+        let want = "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\
+                    \"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\
+                    \"\u{1f600}\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}";
+        assert_eq!(canonical(&v), want);
+    }
+
+    #[test]
+    fn floats_fall_back_to_the_reference() {
+        let v = serde_json::json!({"x": 1.5, "y": 1e21, "z": [0.1]});
+        assert_eq!(canonical(&v), reference(&v));
     }
 }

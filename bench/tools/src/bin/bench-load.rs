@@ -237,7 +237,7 @@ async fn hold(args: &Args) {
     let pid = args.req("--pid");
     let count = args.num("--count", 10000.0) as usize;
     let distinct = (args.num("--distinct", count as f64) as usize).clamp(1, count);
-    let bulk = args.num("--bulk", 1000.0) as usize;
+    let bulk = args.num("--bulk", 10000.0) as usize;
     let ctl = Arc::new(Control {
         authority: args.req("--control"),
         auth: vec![("authorization".into(), format!("Bearer {}", args.req("--token")))],

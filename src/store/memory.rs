@@ -118,6 +118,9 @@ impl ApprovalStore for MemoryStore {
             }
             match vote.verdict {
                 Verdict::Reject => {
+                    // Never forwarded: the bytes need not be kept for the retention.
+                    e.request = None;
+                    let a = &mut e.approval;
                     a.status = Status::Rejected;
                     a.decided_by = Some(vote.approver);
                     a.decided_at = Some(vote.now);
@@ -178,6 +181,7 @@ impl ApprovalStore for MemoryStore {
             let mut g = self.lock();
             match g.approvals.get_mut(id) {
                 Some(e) if e.approval.status == Status::Pending => {
+                    e.request = None;
                     e.approval.status = how.status();
                     e.approval.decided_at = Some(now);
                     Some(e.approval.clone())

@@ -125,6 +125,16 @@ pub fn decision_response(r: Result<Approval, DecideError>) -> Response<Body> {
             StatusCode::CONFLICT,
             &json!({"error": {"type": "already_decided", "message": format!("approval {} is already {}", a.id, a.status), "approval": a.to_json()}}),
         ),
+        Err(DecideError::AuditUnavailable(e)) => {
+            tracing::error!(error = %e, "audit log unavailable: decision refused");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log is unavailable, and a decision is not taken without its record; retry",
+            );
+            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
         Err(DecideError::Store(e)) => {
             tracing::error!(error = %e, "store unavailable during a decision");
             let mut r =

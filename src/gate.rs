@@ -156,6 +156,9 @@ pub enum DecideError {
     AlreadyDecided(Box<Approval>),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The audit log is failing: a decision that cannot be recorded is not taken.
+    #[error("the audit log is unavailable: {0}")]
+    AuditUnavailable(String),
 }
 
 pub struct Gate {
@@ -168,6 +171,8 @@ pub struct Gate {
     pub settings: Settings,
     timers: mpsc::UnboundedSender<(Timestamp, String, TimerKind)>,
     shutting_down: AtomicBool,
+    /// Records waiting for the audit log to recover ([`Gate::record_later`]).
+    late_records: Arc<std::sync::atomic::AtomicUsize>,
     shutdown_tx: watch::Sender<bool>,
     /// MCP sessions and gateway connections.
     pub mcp: crate::mcp::Hub,
@@ -211,6 +216,7 @@ impl Gate {
             settings,
             timers: tx,
             shutting_down: AtomicBool::new(false),
+            late_records: Arc::default(),
             shutdown_tx,
             mcp: Default::default(),
         });
@@ -402,8 +408,9 @@ impl Gate {
                     None,
                     None,
                 );
-                if let Err(err) = self.audit.append(ev, Durability::Written).await {
+                if let Err(err) = self.audit.append(ev.clone(), Durability::Written).await {
                     audit_failed(&err, "decision");
+                    self.record_later(ev);
                 }
                 return Err(refusal);
             }
@@ -516,8 +523,9 @@ impl Gate {
             verdict.error.clone(),
             payload_json,
         );
-        if let Err(e) = self.audit.append(ev, Durability::Written).await {
+        if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
             audit_failed(&e, "decision");
+            self.record_later(ev);
         }
         Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason }
     }
@@ -547,8 +555,9 @@ impl Gate {
                     approval_id: a.id.clone(),
                     reason: "an identical request was rejected recently".into(),
                 };
-                if let Err(e) = self.audit.append(ev, Durability::Written).await {
+                if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
                     audit_failed(&e, "approval_refused");
+                    self.record_later(ev);
                 }
                 return Err(Refusal::ApprovalRejected {
                     approval_id: a.id,
@@ -770,9 +779,11 @@ impl Gate {
                             upstream: upstream.name.clone(),
                             approval_id: approval_id.clone(),
                         },
-                        other => {
-                            Refusal::UpstreamUnreachable { upstream: upstream.name.clone(), detail: other.to_string() }
-                        }
+                        other => Refusal::UpstreamUnreachable {
+                            upstream: upstream.name.clone(),
+                            detail: other.to_string(),
+                            maybe_delivered: other.maybe_sent(),
+                        },
                     };
                     (None, e.kind(), Err(refusal))
                 }
@@ -787,14 +798,21 @@ impl Gate {
                 latency_ms: latency.as_millis() as u64,
             };
             let durability = if approval_id.is_some() { Durability::Synced } else { Durability::Written };
-            if let Err(e) = gate.audit.append(ev, durability).await {
+            if let Err(e) = gate.audit.append(ev.clone(), durability).await {
+                // The request went out: its record is written as soon as the log
+                // takes it.
                 audit_failed(&e, "forwarded");
                 gate.metrics.audit_failures.inc();
+                gate.record_later(ev);
             }
         });
         async move {
             rx.await.unwrap_or_else(|_| {
-                Err(Refusal::UpstreamUnreachable { upstream: "unknown".into(), detail: "forward task ended".into() })
+                Err(Refusal::UpstreamUnreachable {
+                    upstream: "unknown".into(),
+                    detail: "forward task ended".into(),
+                    maybe_delivered: true,
+                })
             })
         }
     }
@@ -1052,9 +1070,10 @@ impl Gate {
             latency_ms: latency.as_millis() as u64,
         };
         let durability = if permit.approval_id.is_some() { Durability::Synced } else { Durability::Written };
-        if let Err(e) = self.audit.append(ev, durability).await {
+        if let Err(e) = self.audit.append(ev.clone(), durability).await {
             audit_failed(&e, "forwarded");
             self.metrics.audit_failures.inc();
+            self.record_later(ev);
         }
     }
 
@@ -1098,6 +1117,11 @@ impl Gate {
         }
         let live = self.live();
         let a = self.store.get(id).await?.ok_or_else(|| DecideError::NotFound(id.to_string()))?;
+        if !self.audit.health().is_ok() {
+            // No decision without its record: refuse before the store changes.
+            let why = self.audit.health().last_error().unwrap_or_else(|| "failing".into());
+            return Err(DecideError::AuditUnavailable(why));
+        }
         if !authorize(&live, &a) {
             return Err(DecideError::Forbidden { approver: approver.into(), route: a.route.clone() });
         }
@@ -1127,11 +1151,14 @@ impl Gate {
             approvals: a.approvals.clone(),
             quorum: a.quorum,
         };
-        if let Err(e) = self.audit.append(ev, Durability::Synced).await {
-            // The decision stands in the store; forwarding it needs a synced
-            // grant record, so nothing leaves while the log is down.
+        if let Err(e) = self.audit.append(ev.clone(), Durability::Synced).await {
+            // The log failed between the health check and this write. The decision
+            // stands in the store, so its record must not be lost: it is written
+            // again until the log recovers. Forwarding needs a synced grant record
+            // after it, so nothing leaves while the log is down.
             audit_failed(&e, "approval_decided");
             self.metrics.audit_failures.inc();
+            self.record_later(ev);
         }
         if change == Change::Decided {
             self.metrics
@@ -1142,6 +1169,41 @@ impl Gate {
         tracing::info!(approval.id = %a.id, decided_by = approver, channel = channel.as_str(), status = %a.status, "vote recorded");
         self.notifiers.publish(change, &a);
         Ok(a)
+    }
+
+    /// Appends `ev` again, with backoff, until the log takes it; the record of
+    /// something that already happened is never dropped.
+    fn record_later(&self, ev: Event) {
+        /// Bounds the memory a long outage can take; past it, records are dropped
+        /// loudly (an error per record, and the failure counter).
+        const MAX_LATE: usize = 100_000;
+        if self.late_records.fetch_add(1, Ordering::AcqRel) >= MAX_LATE {
+            self.late_records.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(kind = ev.kind(), "audit record dropped: too many records wait for the log");
+            self.metrics.audit_failures.inc();
+            return;
+        }
+        let audit = self.audit.clone();
+        let late = self.late_records.clone();
+        tokio::spawn(async move {
+            let _done = scopeguard(move || {
+                late.fetch_sub(1, Ordering::AcqRel);
+            });
+            let mut wait = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(wait).await;
+                match audit.append(ev.clone(), Durability::Synced).await {
+                    Ok(_) => {
+                        tracing::info!(kind = ev.kind(), "audit record written after the log recovered");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = ev.kind(), error = %e, "audit record still waiting for the log");
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
     }
 
     /// Ends a pending approval without a person, and records it.
@@ -1160,9 +1222,10 @@ impl Gate {
             status: a.status.as_str().into(),
             reason: reason.to_string(),
         };
-        if let Err(e) = self.audit.append(ev, Durability::Synced).await {
+        if let Err(e) = self.audit.append(ev.clone(), Durability::Synced).await {
             audit_failed(&e, "approval_ended");
             self.metrics.audit_failures.inc();
+            self.record_later(ev);
         }
         self.notifiers.publish(Change::Ended, a);
     }
@@ -1202,8 +1265,10 @@ impl Gate {
             approval_id: a.id.clone(),
             escalated_to: a.escalated_to.clone(),
         };
-        if let Err(e) = self.audit.append(ev, Durability::Synced).await {
+        if let Err(e) = self.audit.append(ev.clone(), Durability::Synced).await {
             audit_failed(&e, "approval_escalated");
+            self.metrics.audit_failures.inc();
+            self.record_later(ev);
         }
         self.notifiers.publish(Change::Escalated, &a);
         Ok(())

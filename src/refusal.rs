@@ -50,6 +50,9 @@ pub enum Refusal {
     UpstreamUnreachable {
         upstream: String,
         detail: String,
+        /// Bytes may have reached the upstream before it failed: the agent must
+        /// not assume the request was not processed.
+        maybe_delivered: bool,
     },
     /// The upstream took too long to answer; the request may have been processed.
     UpstreamTimeout {
@@ -178,9 +181,21 @@ impl Refusal {
                 extra.insert("limit".into(), json!(limit));
                 (StatusCode::PAYLOAD_TOO_LARGE, format!("The request body is larger than {limit} bytes. It was not forwarded."), None)
             }
-            Refusal::UpstreamUnreachable { upstream, detail } => {
+            Refusal::UpstreamUnreachable { upstream, detail, maybe_delivered: false } => {
                 extra.insert("upstream".into(), json!(upstream));
                 (StatusCode::BAD_GATEWAY, format!("Upstream {upstream} could not be reached ({detail}). The request was not delivered."), None)
+            }
+            Refusal::UpstreamUnreachable { upstream, detail, maybe_delivered: true } => {
+                extra.insert("upstream".into(), json!(upstream));
+                extra.insert("maybe_delivered".into(), json!(true));
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "Upstream {upstream} failed after the request was sent ({detail}). It may have been processed: \
+                         check its state before sending it again."
+                    ),
+                    None,
+                )
             }
             Refusal::UpstreamTimeout { upstream, approval_id } => {
                 extra.insert("upstream".into(), json!(upstream));
@@ -280,7 +295,16 @@ mod tests {
             (Refusal::ApprovalUsed { approval_id: "a".into() }, 409, "approval_used"),
             (Refusal::IdempotencyConflict, 409, "idempotency_conflict"),
             (Refusal::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
-            (Refusal::UpstreamUnreachable { upstream: "u".into(), detail: "d".into() }, 502, "upstream_unreachable"),
+            (
+                Refusal::UpstreamUnreachable { upstream: "u".into(), detail: "d".into(), maybe_delivered: false },
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                Refusal::UpstreamUnreachable { upstream: "u".into(), detail: "d".into(), maybe_delivered: true },
+                502,
+                "upstream_unreachable",
+            ),
             (Refusal::StoreUnavailable, 503, "store_unavailable"),
             (Refusal::AuditUnavailable, 503, "audit_unavailable"),
             (Refusal::ShuttingDown, 503, "shutting_down"),

@@ -163,6 +163,8 @@ enum Msg {
     },
     /// Periodic: checkpoint and rotate by age when due.
     Tick,
+    /// Sent every second while the log is failing: check the disk again.
+    Probe,
     Close {
         ack: oneshot::Sender<()>,
     },
@@ -254,6 +256,23 @@ impl Writer {
         self.cur = create_file(&self.opts.dir, &self.chain, self.seq)
             .map_err(|e| format!("rotating in {}: {e}", self.opts.dir.display()))?;
         Ok(())
+    }
+
+    /// While the log is failing: checks that the disk takes a write again (a small
+    /// probe file, written, synced and removed), so that health recovers even when
+    /// nothing is being recorded; decisions wait for it.
+    fn probe(&mut self) {
+        let path = self.opts.dir.join(".write-probe");
+        let r = self.fail_injected().and_then(|_| {
+            let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_data()
+        });
+        let _ = std::fs::remove_file(&path);
+        if r.is_ok() {
+            tracing::info!(dir = %self.opts.dir.display(), "audit log writable again");
+            self.health.set(Ok(()));
+        }
     }
 
     fn fail_injected(&self) -> std::io::Result<()> {
@@ -409,16 +428,20 @@ impl Writer {
                 }
             }
             let mut records = Vec::with_capacity(batch.len());
-            let mut tick = false;
+            let (mut tick, mut probe) = (false, false);
             for m in batch {
                 match m {
                     Msg::Record { event, durability, ack } => records.push((event, durability, ack)),
                     Msg::Tick => tick = true,
+                    Msg::Probe => probe = true,
                     Msg::Close { ack } => closing = Some(ack),
                 }
             }
             if !records.is_empty() {
                 self.handle_records(records);
+            }
+            if probe && !self.health.is_ok() {
+                self.probe();
             }
             if tick && self.since_checkpoint > 0 {
                 let r = if self.rotation_due() { self.rotate() } else { self.checkpoint() };
@@ -586,6 +609,21 @@ impl AuditLog {
             loop {
                 t.tick().await;
                 if ticker.send(Msg::Tick).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // While failing, the writer probes the disk every second.
+        let prober = tx.clone();
+        let probing = health.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                if !probing.is_ok() && prober.send(Msg::Probe).await.is_err() {
+                    return;
+                }
+                if prober.is_closed() {
                     return;
                 }
             }

@@ -473,7 +473,11 @@ async fn relay_http(
             let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
             Ok(Response::from_parts(parts, body))
         }
-        Err(e) => Err(Refusal::UpstreamUnreachable { upstream: name.to_string(), detail: e.to_string() }),
+        Err(e) => Err(Refusal::UpstreamUnreachable {
+            upstream: name.to_string(),
+            detail: e.to_string(),
+            maybe_delivered: e.maybe_sent(),
+        }),
     }
 }
 
@@ -651,6 +655,7 @@ async fn child_for(
         Refusal::UpstreamUnreachable {
             upstream: server.name.clone(),
             detail: "the MCP server process could not be started".into(),
+            maybe_delivered: false,
         }
         .response()
     };

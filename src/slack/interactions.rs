@@ -255,6 +255,9 @@ fn refusal_text(e: &DecideError, route: &str) -> String {
         },
         DecideError::BadRequest(m) => m.clone(),
         DecideError::Store(_) => "The approval store is unavailable; please try again.".into(),
+        DecideError::AuditUnavailable(_) => {
+            "The audit log is unavailable, so the decision was not taken; please try again.".into()
+        }
     }
 }
 

@@ -491,7 +491,7 @@ impl Ui {
                     DecideError::NotFound(_) => StatusCode::NOT_FOUND,
                     DecideError::Forbidden { .. } => StatusCode::FORBIDDEN,
                     DecideError::AlreadyDecided(_) => StatusCode::CONFLICT,
-                    DecideError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    DecideError::Store(_) | DecideError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 tracing::warn!(approval.id = %id, approver = %s.approver, error = %e, "web decision refused");
                 let msg = match &e {
@@ -506,6 +506,9 @@ impl Ui {
                     DecideError::AlreadyDecided(a) => format!("Already {}.", a.status),
                     DecideError::NotFound(_) => "No such approval.".into(),
                     DecideError::Store(_) => "The approval store is unavailable; retry.".into(),
+                    DecideError::AuditUnavailable(_) => {
+                        "The audit log is unavailable; the decision was not taken. Retry.".into()
+                    }
                 };
                 let (view_status, main) = self.detail_main(&s, id, Some(&msg)).await;
                 let status = if view_status == StatusCode::OK { status } else { view_status };

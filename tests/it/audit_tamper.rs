@@ -516,3 +516,42 @@ async fn checkpoints_are_copied_to_a_url() {
         assert!(v["through_hash"].as_str().unwrap().len() == 64);
     }
 }
+
+/// No decision without its record: while the log fails, a decision is refused and
+/// changes nothing; the log recovers by itself (the writer probes the disk) and the
+/// decision is then taken, recorded, and the approved request forwarded once.
+#[tokio::test]
+async fn decisions_wait_for_the_audit_log() {
+    let up = FakeUpstream::start(None).await;
+    let fault = Arc::new(AtomicBool::new(false));
+    let mut o = Options::new(&up);
+    o.hooks.audit_fault = Some(fault.clone());
+    let app = TestApp::start(o).await;
+    let r = app.refund(240000, &[("prefer", "wait=0")]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let id = r.json()["error"]["approval_id"].as_str().unwrap().to_string();
+    fault.store(true, Ordering::Release);
+    assert_eq!(app.refund(1000, &[]).await.status, 503, "the log is failing");
+    let d = app.decide(ALICE, &id, "approve", None).await;
+    assert_eq!((d.status, d.error_type().as_str()), (503, "audit_unavailable"), "{}", d.text());
+    assert!(d.headers.get("retry-after").is_some());
+    assert_eq!(app.pending().await.len(), 1, "the refused decision changed nothing");
+    fault.store(false, Ordering::Release);
+    // No traffic: the writer's probe alone brings the log back.
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = call("GET", &format!("{}/readyz", app.control), &[], "").await.status;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200, "the log recovered without a request");
+    assert_eq!(app.decide(ALICE, &id, "approve", None).await.status, 200);
+    assert_eq!(app.refund(240000, &[]).await.status, 200);
+    let recs = app.records();
+    let decided: Vec<&Value> =
+        recs.iter().filter(|r| r["kind"] == "approval_decided" && r["approval_id"] == id.as_str()).collect();
+    assert_eq!(decided.len(), 1, "the decision is recorded once");
+    assert_eq!(up.count(), 1, "forwarded once");
+}

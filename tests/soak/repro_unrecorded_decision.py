@@ -1,19 +1,19 @@
-"""A decision taken while the audit disk is full is forwarded later without its record.
+"""Regression check: no decision is taken while the audit disk is full.
 
-The soak's checks 1 and 7 fail on this; this script shows it alone, on one
-replica with the memory store (no Redis needed). It needs root (for a small tmpfs
-as `audit.path`) and the release binary:
+One replica on the memory store, with its `audit.path` on a small tmpfs (needs
+root) and the release binary:
 
     .venv/bin/python tests/soak/repro_unrecorded_decision.py [BINARY]
 
 Steps: a refund is held; the audit tmpfs is filled until an allowed call is refused
-with 503 `audit_unavailable`; alice approves through the admin API (the answer is
-200 "approved"); the disk is freed; the agent retries and the refund is forwarded.
-The chain then holds `grant_used` and `forwarded` for the approval but no
-`approval_decided` record: who approved, through which channel and why is lost,
-although `audit.fail_mode = "closed"`.
+with 503 `audit_unavailable`; alice tries to approve through the admin API; the disk
+is freed; the agent retries. Expected: the approval is refused with 503
+`audit_unavailable` and changes nothing (the refund stays pending), so no request
+is ever forwarded on a decision the chain does not hold. Before the fix, the
+approval answered 200 and the refund was later forwarded with `grant_used` but no
+`approval_decided` record.
 
-Exit 0 when the decision is recorded (the expected behaviour), 1 when it is not.
+Exit 0 when every forwarded approval has its decision recorded, 1 when not.
 """
 
 from __future__ import annotations

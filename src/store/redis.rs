@@ -421,6 +421,12 @@ impl RedisStore {
         }
     }
 
+    /// Runs one script invocation on the shared connection, within the deadline.
+    async fn invoke<T: redis::FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let mut c = self.conn.clone();
+        self.timed(inv.invoke_async(&mut c)).await
+    }
+
     fn corrupt(id: &str, message: impl Into<String>) -> StoreError {
         StoreError::Corrupt { id: id.to_string(), message: message.into() }
     }
@@ -666,7 +672,7 @@ impl ApprovalStore for RedisStore {
         for (k, v) in &fields {
             inv.arg(*k).arg(v);
         }
-        let (what, got): (String, String) = self.timed(inv.invoke_async(&mut c)).await?;
+        let (what, got): (String, String) = self.invoke(&inv).await?;
         if what == "created" {
             return Ok(Opened::Created(req.approval));
         }
@@ -767,9 +773,8 @@ impl ApprovalStore for RedisStore {
             } else {
                 String::new()
             };
-            let mut c = self.conn.clone();
             let res: String = self
-                .timed(
+                .invoke(
                     self.scripts
                         .decide
                         .key(self.record_key(id))
@@ -784,8 +789,7 @@ impl ApprovalStore for RedisStore {
                         .arg(if completes { "1" } else { "0" })
                         .arg(&dmac)
                         .arg(self.channel())
-                        .arg(id)
-                        .invoke_async(&mut c),
+                        .arg(id),
                 )
                 .await?;
             match res.as_str() {
@@ -835,17 +839,8 @@ impl ApprovalStore for RedisStore {
             tracing::error!(approval.id = %id, "approval in the store carries no valid decision MAC: not forwarding");
             return Err(Self::corrupt(id, "the decision MAC does not verify"));
         }
-        let mut c = self.conn.clone();
         let res: String = self
-            .timed(
-                self.scripts
-                    .claim
-                    .key(self.record_key(id))
-                    .arg(now.0)
-                    .arg(ms(grant_ttl))
-                    .arg(&expected)
-                    .invoke_async(&mut c),
-            )
+            .invoke(self.scripts.claim.key(self.record_key(id)).arg(now.0).arg(ms(grant_ttl)).arg(&expected))
             .await?;
         Ok(match res.as_str() {
             "granted" => Claim::Granted(a, request),
@@ -858,26 +853,21 @@ impl ApprovalStore for RedisStore {
     }
 
     async fn release_grant(&self, id: &str) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let _: i64 = self
-            .timed(self.scripts.release.key(self.record_key(id)).arg(self.channel()).arg(id).invoke_async(&mut c))
-            .await?;
+        let _: i64 = self.invoke(self.scripts.release.key(self.record_key(id)).arg(self.channel()).arg(id)).await?;
         self.wake.waiters.wake(id);
         Ok(())
     }
 
     async fn finish(&self, id: &str, how: Finish, now: Timestamp) -> Result<Option<Approval>, StoreError> {
-        let mut c = self.conn.clone();
         let done: i64 = self
-            .timed(
+            .invoke(
                 self.scripts
                     .finish
                     .key(self.record_key(id))
                     .arg(how.status().as_str())
                     .arg(now.0)
                     .arg(self.channel())
-                    .arg(id)
-                    .invoke_async(&mut c),
+                    .arg(id),
             )
             .await?;
         if done == 0 {
@@ -894,13 +884,12 @@ impl ApprovalStore for RedisStore {
         if fresh.is_empty() || r.approval.status != Status::Pending {
             return Ok(None);
         }
-        let mut c = self.conn.clone();
         let mut inv = self.scripts.escalate.prepare_invoke();
         inv.key(self.record_key(id)).key(self.esc_key(id)).arg(self.channel()).arg(id);
         for x in fresh {
             inv.arg(x);
         }
-        let added: i64 = self.timed(inv.invoke_async(&mut c)).await?;
+        let added: i64 = self.invoke(&inv).await?;
         if added == 0 {
             return Ok(None);
         }
@@ -925,16 +914,14 @@ impl ApprovalStore for RedisStore {
     }
 
     async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
         let fresh: i64 = self
-            .timed(
+            .invoke(
                 self.scripts
                     .claim_once
                     .key(format!("{}once:{key}", self.prefix))
                     .arg(now.0)
                     .arg(now.plus(ttl).0)
-                    .arg(ms(ttl).max(1))
-                    .invoke_async(&mut c),
+                    .arg(ms(ttl).max(1)),
             )
             .await?;
         Ok(fresh == 1)
@@ -992,7 +979,7 @@ impl ApprovalStore for RedisStore {
         for id in &ids {
             let tag = Self::tag_for_id(id);
             let res: i64 = self
-                .timed(
+                .invoke(
                     self.scripts
                         .purge_one
                         .key(self.record_key(id))
@@ -1000,8 +987,7 @@ impl ApprovalStore for RedisStore {
                         .key(self.esc_key(id))
                         .arg(cutoff.0)
                         .arg(format!("{}{{{tag}}}:f:", self.prefix))
-                        .arg(id)
-                        .invoke_async(&mut c),
+                        .arg(id),
                 )
                 .await?;
             if res == 1 {
@@ -1030,17 +1016,8 @@ impl ApprovalStore for RedisStore {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<(String, TimerKind)>, StoreError> {
-        let mut c = self.conn.clone();
         let due: Vec<String> = self
-            .timed(
-                self.scripts
-                    .take_due
-                    .key(self.timers_key())
-                    .arg(now.0)
-                    .arg(now.plus(lease).0)
-                    .arg(limit)
-                    .invoke_async(&mut c),
-            )
+            .invoke(self.scripts.take_due.key(self.timers_key()).arg(now.0).arg(now.plus(lease).0).arg(limit))
             .await?;
         Ok(due
             .into_iter()

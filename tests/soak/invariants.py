@@ -46,6 +46,11 @@ A receipt is accepted as crash-cut only when all of this holds:
   * the upstream's answer was due no more than `slack` seconds before the kill
     (receipt time plus the delay it was served with): a forward answered well
     before the kill had time to be recorded, and its missing record is a violation.
+  * or, instead of the last point: the upstream answered while that replica's
+    audit disk was full, and the kill came before the disk was freed. The proxy
+    keeps such a `forwarded` record in memory and writes it once the log takes
+    it again; a kill during the outage loses it with the process. The
+    authorizing record, written before the forward, is still in the chain.
 Any other receipt without a `forwarded` record is a violation.
 
 Run it on the artifacts of a kept soak run:   python invariants.py WORKDIR
@@ -168,8 +173,10 @@ def verified_records(output: str) -> int | None:
 
 def check(*, receipts: list[dict[str, Any]], audit_dirs: dict[str, Path], agents: list[dict[str, Any]],
           approver: list[dict[str, Any]], kills: list[dict[str, Any]], verify: Verify | None,
-          upstream: str = "echo", deny_prefixes: Iterable[str] = ("/admin/",), slack: float = 1.0) -> Report:
-    """Checks one run. `kills`: [{"replica": name, "t": unix seconds}] for every SIGKILL."""
+          upstream: str = "echo", deny_prefixes: Iterable[str] = ("/admin/",), slack: float = 1.0,
+          disk_outages: Iterable[dict[str, Any]] = ()) -> Report:
+    """Checks one run. `kills`: [{"replica": name, "t": unix seconds}] for every SIGKILL;
+    `disk_outages`: [{"replica": name, "start": t, "end": t}] for every full audit disk."""
     rep = Report()
     chains = load_chains(audit_dirs)
     records = [(c, r) for c in chains for r in c.records]
@@ -244,6 +251,15 @@ def check(*, receipts: list[dict[str, Any]], audit_dirs: dict[str, Path], agents
     for k in kills:
         kill_times[k["replica"]].append(float(k["t"]))
 
+    outages: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for o in disk_outages:
+        outages[o["replica"]].append((float(o["start"]), float(o["end"])))
+
+    def lost_in_outage(replica: str, answered: float, kt: float) -> bool:
+        """The answer came while the replica's audit disk was full, and the kill
+        before it was freed: the pending `forwarded` record died with the process."""
+        return any(start - slack <= answered <= kt <= end + slack for start, end in outages.get(replica, []))
+
     def kill_of(c: Chain) -> float | None:
         """When the soak SIGKILLed the process that wrote chain `c` (None: it was not)."""
         if c.clean:
@@ -284,7 +300,8 @@ def check(*, receipts: list[dict[str, Any]], audit_dirs: dict[str, Path], agents
             for rc in sorted(rl, key=lambda x: x["t"]):
                 fit = [i for i, (c, r, kt) in enumerate(pool)
                        if parse_ts(r["ts"]) - slack <= rc["t"] <= kt + slack
-                       and rc["t"] + rc.get("delay", 0.0) >= kt - slack]
+                       and (rc["t"] + rc.get("delay", 0.0) >= kt - slack
+                            or lost_in_outage(c.replica, rc["t"] + rc.get("delay", 0.0), kt))]
                 if fit:
                     c, r, kt = pool.pop(min(fit, key=lambda i: pool[i][2]))
                     matched.append((rc, c, r, kt))
@@ -365,7 +382,23 @@ def load_run(workdir: Path) -> dict[str, Any]:
         "agents": read_jsonl(workdir / "agents.jsonl"),
         "approver": read_jsonl(workdir / "approver.jsonl"),
         "kills": [f for f in meta["faults"] if f["kind"] == "kill"],
+        "disk_outages": disk_outages(meta["faults"]),
     }
+
+
+def disk_outages(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Full-disk windows per replica, from the soak's `disk_full`/`disk_freed` notes
+    (a window still open at the end lasts forever)."""
+    out: list[dict[str, Any]] = []
+    open_: dict[str, float] = {}
+    for f in sorted(faults, key=lambda f: float(f["t"])):
+        for r in f.get("replicas", []):
+            if f["kind"] == "disk_full":
+                open_[r] = float(f["t"])
+            elif f["kind"] == "disk_freed" and r in open_:
+                out.append({"replica": r, "start": open_.pop(r), "end": float(f["t"])})
+    out.extend({"replica": r, "start": t, "end": float("inf")} for r, t in open_.items())
+    return out
 
 
 def print_report(rep: Report, out=sys.stdout) -> None:

@@ -396,11 +396,14 @@ class Load:
         return f"{status}"
 
     # the three classes ---------------------------------------------------------
-    def allowed(self, rng: random.Random, sessions, agent: str, marker: str) -> None:
+    def once(self, cls: str, attempts: int, rng: random.Random, sessions, agent: str, marker: str,
+             method: str, path: str, data: str | None = None) -> None:
+        """A request that is answered at once (allowed or denied): retried on the other
+        replica only when nothing answered or the answer was a 503."""
         replica = rng.choice(list(self.replicas))
-        for attempt in range(1, 6):
-            status, etype, r = self.call(sessions[replica], agent, "allowed", marker, attempt, replica,
-                                         "GET", f"/echo/items/{marker}", timeout=20)
+        for attempt in range(1, attempts + 1):
+            status, etype, r = self.call(sessions[replica], agent, cls, marker, attempt, replica,
+                                         method, path, data=data, timeout=20)
             receipt = r.headers.get("X-Soak-Receipt") if r is not None else None
             if status is None or status == 503:
                 if self.stop_hard.is_set():
@@ -408,25 +411,16 @@ class Load:
                 replica = self.other(replica)
                 time.sleep(rng.uniform(0.2, 1.0))
                 continue
-            self.finish("allowed", self.outcome(status, etype, receipt))
+            self.finish(cls, self.outcome(status, etype, receipt))
             return
-        self.finish("allowed", "gave_up")
+        self.finish(cls, "gave_up")
+
+    def allowed(self, rng: random.Random, sessions, agent: str, marker: str) -> None:
+        self.once("allowed", 5, rng, sessions, agent, marker, "GET", f"/echo/items/{marker}")
 
     def denied(self, rng: random.Random, sessions, agent: str, marker: str) -> None:
-        replica = rng.choice(list(self.replicas))
-        for attempt in range(1, 4):
-            status, etype, r = self.call(sessions[replica], agent, "denied", marker, attempt, replica,
-                                         "POST", f"/echo/admin/{marker}", data=f"marker={marker}", timeout=20)
-            receipt = r.headers.get("X-Soak-Receipt") if r is not None else None
-            if status is None or status == 503:
-                if self.stop_hard.is_set():
-                    break
-                replica = self.other(replica)
-                time.sleep(rng.uniform(0.2, 1.0))
-                continue
-            self.finish("denied", self.outcome(status, etype, receipt))
-            return
-        self.finish("denied", "gave_up")
+        self.once("denied", 3, rng, sessions, agent, marker, "POST", f"/echo/admin/{marker}",
+                  data=f"marker={marker}")
 
     def held(self, rng: random.Random, sessions, agent: str, marker: str) -> None:
         """A refund that needs approval; retried like a real agent until it is decided."""

@@ -42,6 +42,7 @@ class Run:
         self.agents: list[dict] = []
         self.approver: list[dict] = []
         self.kills: list[dict] = []
+        self.outages: list[dict] = []
         self.verify_codes: dict[str, int] = {"A": 0, "B": 0}
 
     # building blocks -----------------------------------------------------------------
@@ -116,7 +117,8 @@ class Run:
             return code, (f"verified {n} records in 2 chains" if code == 0 else "TAMPERED seq 3\nFAILED: 1 finding(s)")
 
         return invariants.check(receipts=self.receipts, audit_dirs=dirs, agents=self.agents,
-                                approver=self.approver, kills=self.kills, verify=verify)
+                                approver=self.approver, kills=self.kills, verify=verify,
+                                disk_outages=self.outages)
 
 
 def clean_run() -> Run:
@@ -244,6 +246,28 @@ def test_a_kill_long_after_the_answer_does_not_excuse_a_missing_record(tmp_path)
     run.allowed(k, T - 50, "m-old", "req_7", forwarded=False)  # answered at once, 10 s before the kill
     run.kills.append({"replica": "A", "t": T - 40})
     assert violations(run.check(tmp_path)) == {3: 1}
+
+
+def test_a_record_pending_for_a_full_disk_is_lost_only_to_a_kill_during_the_outage(tmp_path):
+    run = clean_run()
+    k = run.chain("chainA0", "A", T - 100)
+    run.allowed(k, T - 50, "m-disk", "req_7", forwarded=False)  # answered at once, disk full since T - 55
+    run.outages.append({"replica": "A", "start": T - 55, "end": T - 35})
+    run.kills.append({"replica": "A", "t": T - 40})  # killed before the disk was freed
+    rep = run.check(tmp_path)
+    assert rep.ok, [str(v) for v in rep.violations]
+    assert [c["target"] for c in rep.crash_cut] == ["GET /echo/items/m-disk"]
+    # Killed after the disk was freed: the record had its chance to be written.
+    run.outages[-1]["end"] = T - 45
+    assert violations(run.check(tmp_path)) == {3: 1}
+
+
+def test_disk_outages_are_read_from_the_fault_notes():
+    faults = [{"kind": "disk_full", "t": 10, "replicas": ["A", "B"]}, {"kind": "disk_freed", "t": 15,
+              "replicas": ["A", "B"]}, {"kind": "disk_full", "t": 20, "replicas": ["B"]}]
+    assert invariants.disk_outages(faults) == [
+        {"replica": "A", "start": 10.0, "end": 15.0}, {"replica": "B", "start": 10.0, "end": 15.0},
+        {"replica": "B", "start": 20.0, "end": float("inf")}]
 
 
 def test_a_kill_does_not_excuse_a_receipt_after_it(tmp_path):

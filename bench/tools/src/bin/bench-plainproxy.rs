@@ -21,7 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Upstream = Client<HttpConnector, Full<Bytes>>;
 
-async fn handle(client: Arc<Upstream>, base: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    client: Arc<Upstream>,
+    base: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let uri = format!("http://{base}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));

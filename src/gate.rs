@@ -468,8 +468,15 @@ impl Gate {
                     },
                     now,
                 };
-                let approval = self.open(open, &subject, &a.request_id, &verdict.reason, None).await?;
-                self.hold_and_forward(approval, &a.request_id, a.wait, &a.status_base).await
+                // Boxed: the held path's futures are allocated only by requests that
+                // take it, and a parked request's task stays small.
+                let approval = Box::pin(self.open(open, &subject, &a.request_id, &verdict.reason, None)).await?;
+                // A held request waits for minutes: it keeps its approval's id and
+                // nothing else (the store has the approval and the request bytes).
+                let id = approval.id;
+                drop((plan, verdict, subject, upstream, live));
+                let HttpAction { request_id, status_base, wait, .. } = a;
+                Box::pin(self.hold_and_forward(id, &request_id, wait, &status_base)).await
             }
         }
     }
@@ -616,7 +623,7 @@ impl Gate {
     /// request once, or refuses.
     async fn hold_and_forward(
         self: &Arc<Self>,
-        approval: Approval,
+        approval_id: String,
         request_id: &str,
         wait: Duration,
         status_base: &str,
@@ -625,7 +632,8 @@ impl Gate {
         let _held = scopeguard(|| {
             self.metrics.held.dec();
         });
-        let a = self.wait_for(&approval.id, wait).await?;
+        let a = self.wait_for(&approval_id, wait).await?;
+        drop(approval_id);
         match a.status {
             Status::Pending => {
                 let remaining = a.expires_at.since(self.clock.now()).as_secs();
@@ -636,7 +644,7 @@ impl Gate {
                     route: a.route.clone(),
                 })
             }
-            Status::Approved => self.use_grant(&a, request_id).await,
+            Status::Approved => Box::pin(self.use_grant(&a, request_id)).await,
             other => Err(self.refusal_for(&a, other)),
         }
     }
@@ -669,24 +677,30 @@ impl Gate {
             let notified = waiter.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let a = self
-                .store
-                .get(id)
-                .await
-                .map_err(|_| Refusal::StoreUnavailable)?
-                .ok_or_else(|| Refusal::NotFound(format!("approval {id}")))?;
+            let a = self.current(id).await?;
             if a.status != Status::Pending {
                 return Ok(a);
             }
+            // Not kept while waiting: ten thousand held requests would hold ten
+            // thousand copies of their approvals.
+            drop(a);
             if *shutdown.borrow_and_update() {
                 return Err(Refusal::ShuttingDown);
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(a),
+                _ = tokio::time::sleep_until(deadline) => return self.current(id).await,
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    async fn current(&self, id: &str) -> Result<Approval, Refusal> {
+        self.store
+            .get(id)
+            .await
+            .map_err(|_| Refusal::StoreUnavailable)?
+            .ok_or_else(|| Refusal::NotFound(format!("approval {id}")))
     }
 
     /// Claims the one use of an approved request's grant and records it (synced)

@@ -83,7 +83,7 @@ fn write_canonical(v: &Value, out: &mut String) -> Result<(), NotInteger> {
 }
 
 /// Member order of JCS: by UTF-16 code units (byte order for ASCII).
-fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+pub(super) fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     if a.is_ascii() && b.is_ascii() {
         a.cmp(b)
     } else {
@@ -93,10 +93,17 @@ fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// A JSON string as JCS writes it: `"` and `\` escaped, control characters as
 /// `\b \t \n \f \r` or `\u00xx` (lower-case hex), everything else as is.
-fn write_string(s: &str, out: &mut String) {
+pub(super) fn write_string(s: &str, out: &mut String) {
     out.push('"');
+    let bytes = s.as_bytes();
+    // Most text needs no escape: copy it in one piece.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
+    for (i, &b) in bytes.iter().enumerate() {
         let esc = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -181,6 +188,58 @@ pub fn seal(h: &Header<'_>, fields: Map<String, Value>) -> (String, String) {
         _ => reencode(v, &hash),
     };
     (line, hash)
+}
+
+/// Seals an event: [`seal`] over its fields, encoded from the typed event without
+/// a `Value` tree when it can be (see [`super::typed`]); the same bytes either way.
+pub fn seal_event(h: &Header<'_>, event: &super::event::Event) -> (String, String) {
+    match seal_typed(h, event) {
+        Ok(sealed) => sealed,
+        Err(super::typed::Unsupported) => seal(h, event.fields()),
+    }
+}
+
+fn seal_typed(h: &Header<'_>, event: &super::event::Event) -> Result<(String, String), super::typed::Unsupported> {
+    use super::typed::{members, write_object};
+    let text = |s: &str| {
+        let mut o = String::with_capacity(s.len() + 2);
+        write_string(s, &mut o);
+        o
+    };
+    let mut m = members(event)?;
+    // As in `seal`: the header fields win over an event field of the same name.
+    m.retain(|(k, _)| !matches!(&**k, "v" | "chain" | "seq" | "ts" | "prev" | "hash"));
+    m.push(("v".into(), VERSION.to_string()));
+    m.push(("chain".into(), text(h.chain)));
+    m.push(("seq".into(), h.seq.to_string()));
+    m.push(("ts".into(), text(h.ts)));
+    m.push(("prev".into(), text(h.prev)));
+    let mut without = String::with_capacity(768);
+    // Where the first member after "hash" starts: the hash goes in there.
+    let after_hash = write_object(&mut m, &mut without, "hash")?;
+    let hash = hash_canonical(&without);
+    let mut line = String::with_capacity(without.len() + 80);
+    let member = |line: &mut String| {
+        line.push_str("\"hash\":\"");
+        line.push_str(&hash);
+        line.push('"');
+    };
+    if after_hash + 1 == without.len() {
+        // Nothing sorts after "hash": it goes last.
+        line.push_str(&without[..after_hash]);
+        if after_hash > 1 {
+            line.push(',');
+        }
+        member(&mut line);
+        line.push('}');
+    } else {
+        // `without[..after_hash]` ends with `{` or `,`.
+        line.push_str(&without[..after_hash]);
+        member(&mut line);
+        line.push(',');
+        line.push_str(&without[after_hash..]);
+    }
+    Ok((line, hash))
 }
 
 fn reencode(v: Value, hash: &str) -> String {
@@ -281,6 +340,120 @@ mod tests {
             without.as_object_mut().unwrap().remove("hash");
             proptest::prop_assert_eq!(hash_of(&without), hash);
         }
+    }
+
+    fn arb_text() -> impl proptest::strategy::Strategy<Value = String> {
+        "[a-z\\u{0}-\\u{1f}\"\\\\/\\u{7f}-\\u{a0}\\u{2028}\\u{e9}\\u{1f600}]{0,10}"
+    }
+
+    /// Every kind of event, with hostile text everywhere and any summary.
+    fn arb_event() -> impl proptest::strategy::Strategy<Value = crate::audit::event::Event> {
+        use crate::audit::event::{Event, Subject};
+        use proptest::prelude::*;
+        let subject = (arb_text(), arb_text(), proptest::collection::vec(arb_text(), 0..3), any::<bool>()).prop_map(
+            |(agent, action, rule_ids, http)| Subject {
+                agent,
+                action: action.clone(),
+                body_sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+                rule_ids,
+                policy_bundle: "sha256:abc".into(),
+                entrance: if http { "http" } else { "api" }.into(),
+                upstream: http.then(|| "stripe".to_string()),
+                target: http.then_some(action),
+            },
+        );
+        let summary = arb_value().prop_map(|v| match v {
+            Value::Object(m) => m,
+            other => [("value".to_string(), other)].into_iter().collect(),
+        });
+        (subject, arb_text(), proptest::option::of(arb_text()), summary, any::<u64>(), 0usize..8).prop_map(
+            |(subject, t, o, summary, n, which)| match which {
+                0 => Event::Decision {
+                    subject,
+                    request_id: t.clone(),
+                    decision: "allow".into(),
+                    matched: "allow".into(),
+                    shadow: n % 2 == 0,
+                    reason: t,
+                    approval_id: o.clone(),
+                    error: o.clone(),
+                    payload_json: o,
+                },
+                1 => Event::ApprovalRequested {
+                    subject,
+                    approval_id: t.clone(),
+                    routes: vec![t.clone(), "finance".into()],
+                    risk: "high".into(),
+                    risk_reason: t,
+                    summary,
+                    justification: o.clone(),
+                    quorum: n as u32,
+                    expires_at: "2026-11-24T00:00:00Z".into(),
+                    escalate_at: o,
+                },
+                2 => Event::ApprovalDecided {
+                    subject,
+                    approval_id: t.clone(),
+                    verdict: "approve".into(),
+                    status: "approved".into(),
+                    decided_by: t.clone(),
+                    channel: "slack".into(),
+                    reason: o,
+                    approvals: vec![t],
+                    quorum: 2,
+                },
+                3 => Event::Forwarded {
+                    subject,
+                    request_id: t,
+                    approval_id: o,
+                    status: Some(n as u16),
+                    outcome: "ok".into(),
+                    latency_ms: n,
+                },
+                4 => Event::GrantUsed {
+                    subject,
+                    request_id: t.clone(),
+                    approval_id: t,
+                    decided_by: o,
+                    approvals: vec![],
+                },
+                5 => Event::Checkpoint { through_seq: n, through_hash: t, key_id: o.clone(), signature: o },
+                6 => Event::Recovery { file: t.clone(), torn_bytes: n, moved_to: t, last_seq: o.map(|_| n) },
+                _ => Event::Shutdown { reason: t.clone(), interrupted: vec![t; (n % 3) as usize] },
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// The typed encoding seals to the same bytes and hash as the `Value` path.
+        #[test]
+        fn sealing_a_typed_event_matches_the_value_path(e in arb_event(), seq in proptest::prelude::any::<u64>()) {
+            let h = Header { chain: "01a2", seq, ts: "2026-11-24T04:07:49.603Z", prev: GENESIS_PREV };
+            proptest::prop_assert_eq!(seal_event(&h, &e), seal(&h, e.fields()));
+        }
+    }
+
+    #[test]
+    fn records_take_the_typed_path() {
+        use crate::audit::event::Event;
+        let h = Header { chain: "c", seq: 1, ts: "t", prev: GENESIS_PREV };
+        let e = Event::Shutdown { reason: "SIGTERM".into(), interrupted: vec!["apr_1".into()] };
+        let (line, _) = seal_typed(&h, &e).expect("no fallback for a plain record");
+        assert!(line.starts_with("{\"chain\":\"c\",\"hash\":\""), "{line}");
+        let float = Event::ApprovalRequested {
+            subject: Default::default(),
+            approval_id: "a".into(),
+            routes: vec![],
+            risk: "low".into(),
+            risk_reason: String::new(),
+            summary: [("amount".to_string(), serde_json::json!(1.5))].into_iter().collect(),
+            justification: None,
+            quorum: 1,
+            expires_at: String::new(),
+            escalate_at: None,
+        };
+        assert!(seal_typed(&h, &float).is_err(), "a float goes to the reference encoding");
+        assert_eq!(seal_event(&h, &float), seal(&h, float.fields()));
     }
 
     /// RFC 8785 §3.2.3: members sorted by UTF-16 code units.

@@ -32,7 +32,7 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use super::event::Event;
-use super::record::{seal, Header, GENESIS_PREV};
+use super::record::{seal_event, Header, GENESIS_PREV};
 use crate::clock::{Clock, Timestamp};
 
 /// How durable a record must be before the caller goes on.
@@ -257,8 +257,7 @@ fn create_file(dir: &Path, chain: &str, first_seq: u64) -> std::io::Result<Chain
 impl Writer {
     fn seal(&mut self, event: &Event) -> String {
         let ts = self.clock.now().rfc3339();
-        let (line, hash) =
-            seal(&Header { chain: &self.chain, seq: self.seq, ts: &ts, prev: &self.prev }, event.fields());
+        let (line, hash) = seal_event(&Header { chain: &self.chain, seq: self.seq, ts: &ts, prev: &self.prev }, event);
         self.seq += 1;
         self.prev = hash;
         line

@@ -467,9 +467,14 @@ fn demo(dir: &Path, listen: std::net::SocketAddr, control: std::net::SocketAddr)
 
 /// Runs the server on its own runtime until SIGTERM/SIGINT.
 fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<String>) -> ExitCode {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing queues, no wake-ups
+    // between a driver thread and a worker); more: one multi-threaded runtime.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let one = cfg.server.worker_threads == 1 || (cfg.server.worker_threads == 0 && cores == 1);
+    let mut rt =
+        if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
     rt.enable_all();
-    if cfg.server.worker_threads > 0 {
+    if cfg.server.worker_threads > 1 {
         rt.worker_threads(cfg.server.worker_threads);
     }
     let rt = match rt.build() {

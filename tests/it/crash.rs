@@ -148,3 +148,85 @@ async fn sigkill_under_load_loses_no_forwarded_request() {
         &missing[..missing.len().min(5)]
     );
 }
+
+/// `worker_threads = 1` runs the whole service on one current-thread runtime: no
+/// tokio worker thread exists, and allowed, held-then-approved and shut-down
+/// requests behave as with the multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_everything_from_one_thread() {
+    let up = FakeUpstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/stripe.rego"), STRIPE_RULES).unwrap();
+    let (ap, cp) = (free_port(), free_port());
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{ap}\"\ncontrol_listen = \"127.0.0.1:{cp}\"\nworker_threads = 1\n\n[[upstream]]\nname = \"stripe\"\nurl = \"http://{}\"\ninject_header = \"Authorization\"\ninject_value_env = \"STRIPE_AUTH\"\n\n[[agent]]\nid = \"support-agent\"\ntoken_env = \"AGENT_TOKEN\"\n\n[[approver]]\nid = \"alice\"\ntoken_env = \"ALICE_TOKEN\"\n\n[routes.finance-oncall]\napprovers = [\"alice\"]\n\n[policy]\nrules = \"rules\"\n\n[audit]\npath = \"audit\"\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let agent = format!("http://127.0.0.1:{ap}");
+    let control = format!("http://127.0.0.1:{cp}");
+    let mut child = spawn_serve(&config);
+    wait_healthy(&control).await;
+
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(!threads.iter().any(|t| t.starts_with("tokio-rt-worker")), "no worker threads: {threads:?}");
+
+    let mut clients = Vec::new();
+    for c in 0..8u64 {
+        let agent = agent.clone();
+        clients.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for n in 0..25 {
+                if let Some((200, _)) = try_refund(&agent, 1000 + c * 100 + n).await {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let held = tokio::spawn({
+        let agent = agent.clone();
+        async move { try_refund(&agent, 240_000).await }
+    });
+    let mut allowed = 0;
+    for c in clients {
+        allowed += c.await.unwrap();
+    }
+    assert_eq!(allowed, 200, "every small refund went through");
+    let auth = format!("Bearer {ALICE}");
+    let id = 'found: {
+        for _ in 0..200 {
+            let r =
+                call("GET", &format!("{control}/v1/admin/approvals?status=pending"), &[("authorization", &auth)], "")
+                    .await;
+            if let Some(a) = r.json()["approvals"].as_array().and_then(|a| a.first().cloned()) {
+                break 'found a["id"].as_str().unwrap().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the large refund was never held");
+    };
+    let r = call(
+        "POST",
+        &format!("{control}/v1/admin/approvals/{id}/decision"),
+        &[("authorization", &auth), ("content-type", "application/json")],
+        r#"{"decision": "approve"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (status, _) = held.await.unwrap().expect("the held request got an answer");
+    assert_eq!(status, 200, "the approved refund was forwarded");
+
+    sigterm(&mut child);
+    let (code, out, err) = run_bin(&["audit", "verify", dir.path().join("audit").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}

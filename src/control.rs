@@ -249,22 +249,25 @@ impl Control {
                     Err(r) => return *r,
                 };
                 use futures_util::StreamExt;
+                // Each decision and its result document are made in a task of their
+                // own (see `Gate::decide_detached`), in order, BULK_CONCURRENCY at once.
                 let results: Vec<Value> = futures_util::stream::iter(b.ids)
                     .map(|id| {
                         let (gate, who, reason) = (self.gate.clone(), who.clone(), b.reason.clone());
-                        async move { (gate.decide(&who, &id, v, reason, Channel::AdminApi).await, id) }
+                        tokio::spawn(async move {
+                            let r = gate.decide(&who, &id, v, reason, Channel::AdminApi).await;
+                            let status = decision_response(r.clone()).status().as_u16();
+                            match r {
+                                Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
+                                Err(DecideError::AlreadyDecided(a)) => {
+                                    json!({"id": id, "status": status, "error": "already_decided", "approval": a.to_json()})
+                                }
+                                Err(e) => json!({"id": id, "status": status, "error": e.to_string()}),
+                            }
+                        })
                     })
                     .buffered(BULK_CONCURRENCY)
-                    .map(|(r, id)| {
-                        let status = decision_response(r.clone()).status().as_u16();
-                        match r {
-                            Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
-                            Err(DecideError::AlreadyDecided(a)) => {
-                                json!({"id": id, "status": status, "error": "already_decided", "approval": a.to_json()})
-                            }
-                            Err(e) => json!({"id": id, "status": status, "error": e.to_string()}),
-                        }
-                    })
+                    .map(|r| r.unwrap_or_else(|e| json!({"status": 500, "error": format!("decision task: {e}")})))
                     .collect()
                     .await;
                 respond::json(StatusCode::OK, &json!({"results": results}))
@@ -282,7 +285,9 @@ impl Control {
                     Ok(v) => v,
                     Err(r) => return *r,
                 };
-                decision_response(self.gate.decide(&who, id, v, b.reason, Channel::AdminApi).await)
+                decision_response(
+                    self.gate.decide_detached(who.to_string(), id.to_string(), v, b.reason, Channel::AdminApi).await,
+                )
             }
             _ => error(
                 StatusCode::NOT_FOUND,

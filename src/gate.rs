@@ -1107,6 +1107,23 @@ impl Gate {
         self.decide_authorized(approver, id, verdict, reason, channel, &|live, a| live.may_decide(approver, a)).await
     }
 
+    /// [`Gate::decide`] in a task of its own: a caller that goes away (a client that
+    /// disconnects) cannot stop a decision between the store and its record, and
+    /// many decisions (a bulk call) spread over the worker threads.
+    pub async fn decide_detached(
+        self: &Arc<Self>,
+        approver: String,
+        id: String,
+        verdict: Verdict,
+        reason: Option<String>,
+        channel: Channel,
+    ) -> Result<Approval, DecideError> {
+        let gate = self.clone();
+        tokio::spawn(async move { gate.decide(&approver, &id, verdict, reason, channel).await })
+            .await
+            .unwrap_or_else(|e| Err(DecideError::Store(StoreError::Unavailable(format!("decision task: {e}")))))
+    }
+
     /// Records a decision by `who` (an approver id, or a channel identity such as
     /// `slack:U123`), allowed when `authorize` says so for the approval as it is
     /// now. Approver lists are read from the live config at this moment.

@@ -301,6 +301,15 @@ impl ser::SerializeTupleStruct for Seq<'_> {
 /// Map keys: strings only.
 struct Key;
 
+/// Methods of [`Key`] that refuse their value kind.
+macro_rules! reject {
+    ($($name:ident($ty:ty)),* $(,)?) => {
+        $(fn $name(self, _: $ty) -> Result<String, Unsupported> {
+            Err(Unsupported)
+        })*
+    };
+}
+
 impl ser::Serializer for Key {
     type Ok = String;
     type Error = Unsupported;
@@ -321,44 +330,10 @@ impl ser::Serializer for Key {
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<String, Unsupported> {
         v.serialize(self)
     }
-    fn serialize_bool(self, _: bool) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_i8(self, _: i8) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_i16(self, _: i16) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_i32(self, _: i32) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_i64(self, _: i64) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_u8(self, _: u8) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_u16(self, _: u16) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_u32(self, _: u32) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_u64(self, _: u64) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_f32(self, _: f32) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_f64(self, _: f64) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_char(self, _: char) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result<String, Unsupported> {
-        Err(Unsupported)
+    reject! {
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64),
+        serialize_u8(u8), serialize_u16(u16), serialize_u32(u32), serialize_u64(u64), serialize_f32(f32),
+        serialize_f64(f64), serialize_char(char), serialize_bytes(&[u8]), serialize_unit_struct(&'static str)
     }
     fn serialize_none(self) -> Result<String, Unsupported> {
         Err(Unsupported)
@@ -367,9 +342,6 @@ impl ser::Serializer for Key {
         Err(Unsupported)
     }
     fn serialize_unit(self) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<String, Unsupported> {
         Err(Unsupported)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(

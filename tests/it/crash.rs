@@ -50,6 +50,31 @@ pub fn sigterm(child: &mut Child) {
     panic!("server did not stop on SIGTERM");
 }
 
+/// A directory with the Stripe rules and a config serving them on free ports.
+pub struct ServeDir {
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+    pub agent: String,
+    pub control: String,
+}
+
+pub fn serve_dir(up: &FakeUpstream, server_extra: &str, audit_extra: &str) -> ServeDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/stripe.rego"), STRIPE_RULES).unwrap();
+    let (ap, cp) = (free_port(), free_port());
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{ap}\"\ncontrol_listen = \"127.0.0.1:{cp}\"\n{server_extra}\n[[upstream]]\nname = \"stripe\"\nurl = \"http://{}\"\ninject_header = \"Authorization\"\ninject_value_env = \"STRIPE_AUTH\"\n\n[[agent]]\nid = \"support-agent\"\ntoken_env = \"AGENT_TOKEN\"\n\n[[approver]]\nid = \"alice\"\ntoken_env = \"ALICE_TOKEN\"\n\n[routes.finance-oncall]\napprovers = [\"alice\"]\n\n[policy]\nrules = \"rules\"\n\n[audit]\npath = \"audit\"\n{audit_extra}",
+            up.addr
+        ),
+    )
+    .unwrap();
+    ServeDir { dir, config, agent: format!("http://127.0.0.1:{ap}"), control: format!("http://127.0.0.1:{cp}") }
+}
+
 /// A quick HTTP request that tolerates a dead server.
 async fn try_refund(agent: &str, amount: u64) -> Option<(u16, String)> {
     let stream = tokio::net::TcpStream::connect(agent.trim_start_matches("http://")).await.ok()?;
@@ -69,21 +94,7 @@ async fn try_refund(agent: &str, amount: u64) -> Option<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_forwarded_request() {
     let up = FakeUpstream::start(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/stripe.rego"), STRIPE_RULES).unwrap();
-    let (ap, cp) = (free_port(), free_port());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{ap}\"\ncontrol_listen = \"127.0.0.1:{cp}\"\n\n[[upstream]]\nname = \"stripe\"\nurl = \"http://{}\"\ninject_header = \"Authorization\"\ninject_value_env = \"STRIPE_AUTH\"\n\n[[agent]]\nid = \"support-agent\"\ntoken_env = \"AGENT_TOKEN\"\n\n[[approver]]\nid = \"alice\"\ntoken_env = \"ALICE_TOKEN\"\n\n[routes.finance-oncall]\napprovers = [\"alice\"]\n\n[policy]\nrules = \"rules\"\n\n[audit]\npath = \"audit\"\ncheckpoint_every = 50\n",
-            up.addr
-        ),
-    )
-    .unwrap();
-    let agent = format!("http://127.0.0.1:{ap}");
-    let control = format!("http://127.0.0.1:{cp}");
+    let ServeDir { dir, config, agent, control } = serve_dir(&up, "", "checkpoint_every = 50\n");
     let mut child = spawn_serve(&config);
     wait_healthy(&control).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -155,21 +166,7 @@ async fn sigkill_under_load_loses_no_forwarded_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_serves_everything_from_one_thread() {
     let up = FakeUpstream::start(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/stripe.rego"), STRIPE_RULES).unwrap();
-    let (ap, cp) = (free_port(), free_port());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{ap}\"\ncontrol_listen = \"127.0.0.1:{cp}\"\nworker_threads = 1\n\n[[upstream]]\nname = \"stripe\"\nurl = \"http://{}\"\ninject_header = \"Authorization\"\ninject_value_env = \"STRIPE_AUTH\"\n\n[[agent]]\nid = \"support-agent\"\ntoken_env = \"AGENT_TOKEN\"\n\n[[approver]]\nid = \"alice\"\ntoken_env = \"ALICE_TOKEN\"\n\n[routes.finance-oncall]\napprovers = [\"alice\"]\n\n[policy]\nrules = \"rules\"\n\n[audit]\npath = \"audit\"\n",
-            up.addr
-        ),
-    )
-    .unwrap();
-    let agent = format!("http://127.0.0.1:{ap}");
-    let control = format!("http://127.0.0.1:{cp}");
+    let ServeDir { dir, config, agent, control } = serve_dir(&up, "worker_threads = 1\n", "");
     let mut child = spawn_serve(&config);
     wait_healthy(&control).await;
 

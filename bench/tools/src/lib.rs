@@ -15,6 +15,16 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// A current-thread runtime for one thread, a multi-threaded one for more.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .expect("runtime")
+}
+
 pub type Sender = SendRequest<Full<Bytes>>;
 
 /// Opens one HTTP/1.1 keep-alive connection to `addr`.

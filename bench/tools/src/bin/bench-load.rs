@@ -39,12 +39,7 @@ fn main() {
     let cmd = argv.first().cloned().unwrap_or_default();
     let args = Args(argv);
     let threads = args.num("--threads", 1.0) as usize;
-    let rt = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-    }
-    .expect("runtime");
+    let rt = approvalplane_bench_tools::runtime(threads);
     rt.block_on(async move {
         match cmd.as_str() {
             "rate" => rate(&args).await,

@@ -54,12 +54,7 @@ fn main() {
     let listen = arg("--listen").expect("--listen ADDR");
     let upstream: Arc<str> = arg("--upstream").expect("--upstream HOST:PORT").into();
     let threads: usize = arg("--threads").and_then(|t| t.parse().ok()).unwrap_or(1);
-    let rt = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-    }
-    .expect("runtime");
+    let rt = approvalplane_bench_tools::runtime(threads);
     rt.block_on(async move {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

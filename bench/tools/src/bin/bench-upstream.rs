@@ -74,12 +74,7 @@ fn main() {
             o => panic!("unknown argument {o}"),
         }
     }
-    let rt = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-    }
-    .expect("runtime");
+    let rt = approvalplane_bench_tools::runtime(threads);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
         println!("listening {}", listener.local_addr().unwrap());

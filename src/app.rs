@@ -282,6 +282,19 @@ impl App {
         control: TcpListener,
         shutdown: impl Future<Output = String>,
     ) -> Result<(), AppError> {
+        self.serve_on(agent, control, Vec::new(), shutdown).await
+    }
+
+    /// [`App::serve`], with the agent listener's connections handed round-robin
+    /// to `agent_workers` (one current-thread runtime each); without any, they run
+    /// on the runtime that calls this.
+    pub async fn serve_on(
+        self,
+        agent: TcpListener,
+        control: TcpListener,
+        agent_workers: Vec<tokio::runtime::Handle>,
+        shutdown: impl Future<Output = String>,
+    ) -> Result<(), AppError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -292,14 +305,15 @@ impl App {
         let gate = self.gate.clone();
         let agent_task = {
             let gate = gate.clone();
-            tokio::spawn(accept_loop(agent, h1.clone(), graceful.clone(), stop_rx.clone(), move |req| {
+            let workers = agent_workers.into();
+            tokio::spawn(accept_loop(agent, h1.clone(), graceful.clone(), stop_rx.clone(), workers, move |req| {
                 let gate = gate.clone();
                 async move { Ok::<_, Infallible>(crate::proxy::handle(gate, req).await) }
             }))
         };
         let control_task = {
             let ctl = self.control.clone();
-            tokio::spawn(accept_loop(control, h1, graceful.clone(), stop_rx.clone(), move |req| {
+            tokio::spawn(accept_loop(control, h1, graceful.clone(), stop_rx.clone(), Arc::from([]), move |req| {
                 let ctl = ctl.clone();
                 async move { Ok::<_, Infallible>(ctl.handle(req).await) }
             }))
@@ -354,14 +368,45 @@ async fn accept_loop<F, Fut>(
     builder: http1::Builder,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
+    workers: Arc<[tokio::runtime::Handle]>,
     handler: F,
 ) where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<hyper::Response<crate::respond::Body>, Infallible>> + Send + 'static,
 {
+    let mut next = 0usize;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
+                Ok((stream, _peer)) if !workers.is_empty() => {
+                    let _ = stream.set_nodelay(true);
+                    // The connection moves to a worker runtime: its socket is
+                    // registered with that runtime's driver, and its requests, their
+                    // forwards and their timers all run on that one thread.
+                    let worker = &workers[next % workers.len()];
+                    next = next.wrapping_add(1);
+                    let std_stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepted connection could not be handed over");
+                            continue;
+                        }
+                    };
+                    let (handler, builder, watcher) = (handler.clone(), builder.clone(), graceful.watcher());
+                    worker.spawn(async move {
+                        let stream = match tokio::net::TcpStream::from_std(std_stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accepted connection could not be registered");
+                                return;
+                            }
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler));
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();

@@ -467,17 +467,26 @@ fn demo(dir: &Path, listen: std::net::SocketAddr, control: std::net::SocketAddr)
 
 /// Runs the server on its own runtime until SIGTERM/SIGINT.
 fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<String>) -> ExitCode {
-    // One worker: a current-thread runtime (no work-stealing queues, no wake-ups
-    // between a driver thread and a worker); more: one multi-threaded runtime.
+    // Every runtime is a current-thread one: no work-stealing queues and no
+    // wake-ups between threads on a request's path. With one worker the whole
+    // service runs on the main thread; with more, the main thread keeps the control
+    // listener and the background work, and each worker thread runs its own share
+    // of the agent connections (handed over at accept).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let one = cfg.server.worker_threads == 1 || (cfg.server.worker_threads == 0 && cores == 1);
-    let mut rt =
-        if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
-    rt.enable_all();
-    if cfg.server.worker_threads > 1 {
-        rt.worker_threads(cfg.server.worker_threads);
-    }
-    let rt = match rt.build() {
+    let workers = if cfg.server.worker_threads == 0 { cores } else { cfg.server.worker_threads };
+    let agent_workers = if workers > 1 {
+        match AgentWorkers::start(workers) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("error: cannot start the worker runtimes: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    let handles = agent_workers.as_ref().map(AgentWorkers::handles).unwrap_or_default();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -512,14 +521,52 @@ fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<Strin
             let _ = writeln!(out, "{b}");
             let _ = out.flush();
         }
-        app.serve(agent, control, shutdown_signal()).await.context("serving")?;
+        app.serve_on(agent, control, handles, shutdown_signal()).await.context("serving")?;
         Ok(ExitCode::SUCCESS)
     });
+    if let Some(w) = agent_workers {
+        w.stop();
+    }
     match res {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// The agent listener's worker threads, one current-thread runtime each.
+struct AgentWorkers {
+    threads: Vec<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl AgentWorkers {
+    fn start(n: usize) -> std::io::Result<AgentWorkers> {
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let t = std::thread::Builder::new().name(format!("agent-worker-{i}")).spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+            threads.push((handle, stop, t));
+        }
+        Ok(AgentWorkers { threads })
+    }
+
+    fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.threads.iter().map(|(h, _, _)| h.clone()).collect()
+    }
+
+    /// After the server has drained: ends each worker's runtime.
+    fn stop(self) {
+        for (_, stop, t) in self.threads {
+            let _ = stop.send(());
+            let _ = t.join();
         }
     }
 }

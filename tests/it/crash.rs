@@ -160,13 +160,24 @@ async fn sigkill_under_load_loses_no_forwarded_request() {
     );
 }
 
-/// `worker_threads = 1` runs the whole service on one current-thread runtime: no
-/// tokio worker thread exists, and allowed, held-then-approved and shut-down
-/// requests behave as with the multi-threaded runtime.
+/// `worker_threads = 1` runs the whole service on one current-thread runtime (no
+/// worker thread exists); allowed, held-then-approved and shut-down requests
+/// behave as with more workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_serves_everything_from_one_thread() {
+    serves_everything_with(1).await;
+}
+
+/// With two workers, each runs its own current-thread runtime (`agent-worker-N`)
+/// and takes its share of the agent connections; no multi-threaded runtime exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_each_run_their_own_runtime() {
+    serves_everything_with(2).await;
+}
+
+async fn serves_everything_with(workers: usize) {
     let up = FakeUpstream::start(None).await;
-    let ServeDir { dir, config, agent, control } = serve_dir(&up, "worker_threads = 1\n", "");
+    let ServeDir { dir, config, agent, control } = serve_dir(&up, &format!("worker_threads = {workers}\n"), "");
     let mut child = spawn_serve(&config);
     wait_healthy(&control).await;
 
@@ -175,7 +186,9 @@ async fn one_worker_serves_everything_from_one_thread() {
         .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
         .map(|c| c.trim().to_string())
         .collect();
-    assert!(!threads.iter().any(|t| t.starts_with("tokio-rt-worker")), "no worker threads: {threads:?}");
+    assert!(!threads.iter().any(|t| t.starts_with("tokio-rt-worker")), "no multi-threaded runtime: {threads:?}");
+    let agent_workers = threads.iter().filter(|t| t.starts_with("agent-worker-")).count();
+    assert_eq!(agent_workers, if workers == 1 { 0 } else { workers }, "{threads:?}");
 
     let mut clients = Vec::new();
     for c in 0..8u64 {

@@ -92,7 +92,22 @@ struct Writer<'a> {
     members: Option<&'a mut Vec<Member>>,
 }
 
+/// Narrow integer methods of [`Writer`] that pass their value on widened.
+macro_rules! widen {
+    ($($($name:ident($ty:ty)),* => $wide:ident);*) => {
+        $($(fn $name(self, v: $ty) -> Result<(), Unsupported> {
+            self.$wide(v.into())
+        })*)*
+    };
+}
+
 impl<'a> Writer<'a> {
+    fn integer(self, v: impl std::fmt::Display) -> Result<(), Unsupported> {
+        self.scalar(|o| {
+            let _ = write!(o, "{v}");
+        })
+    }
+
     fn scalar(self, f: impl FnOnce(&mut String)) -> Result<(), Unsupported> {
         if self.members.is_some() {
             return Err(Unsupported);
@@ -142,33 +157,15 @@ impl<'a> ser::Serializer for Writer<'a> {
     fn serialize_bool(self, v: bool) -> Result<(), Unsupported> {
         self.scalar(|o| o.push_str(if v { "true" } else { "false" }))
     }
-    fn serialize_i8(self, v: i8) -> Result<(), Unsupported> {
-        self.serialize_i64(v.into())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Unsupported> {
-        self.serialize_i64(v.into())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Unsupported> {
-        self.serialize_i64(v.into())
+    widen! {
+        serialize_i8(i8), serialize_i16(i16), serialize_i32(i32) => serialize_i64;
+        serialize_u8(u8), serialize_u16(u16), serialize_u32(u32) => serialize_u64
     }
     fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
-        self.scalar(|o| {
-            let _ = write!(o, "{v}");
-        })
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Unsupported> {
-        self.serialize_u64(v.into())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Unsupported> {
-        self.serialize_u64(v.into())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Unsupported> {
-        self.serialize_u64(v.into())
+        self.integer(v)
     }
     fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
-        self.scalar(|o| {
-            let _ = write!(o, "{v}");
-        })
+        self.integer(v)
     }
     fn serialize_f32(self, _: f32) -> Result<(), Unsupported> {
         Err(Unsupported)

@@ -92,6 +92,30 @@ struct Writer<'a> {
     members: Option<&'a mut Vec<Member>>,
 }
 
+/// Enum variants with fields: records have none, so both serializers refuse them.
+macro_rules! no_variants {
+    () => {
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Unsupported> {
+            Err(Unsupported)
+        }
+    };
+}
+
 /// Narrow integer methods of [`Writer`] that pass their value on widened.
 macro_rules! widen {
     ($($($name:ident($ty:ty)),* => $wide:ident);*) => {
@@ -222,30 +246,13 @@ impl<'a> ser::Serializer for Writer<'a> {
     fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Seq<'a>, Unsupported> {
         self.serialize_seq(Some(len))
     }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, Unsupported> {
-        Err(Unsupported)
-    }
     fn serialize_map(self, len: Option<usize>) -> Result<Obj<'a>, Unsupported> {
         Ok(Obj { out: self.out, into: self.members, members: Vec::with_capacity(len.unwrap_or(8)), key: None })
     }
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<Obj<'a>, Unsupported> {
         self.serialize_map(Some(len))
     }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, Unsupported> {
-        Err(Unsupported)
-    }
+    no_variants!();
 }
 
 impl Seq<'_> {
@@ -344,30 +351,13 @@ impl ser::Serializer for Key {
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, Unsupported> {
         Err(Unsupported)
     }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, Unsupported> {
-        Err(Unsupported)
-    }
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
         Err(Unsupported)
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Unsupported> {
         Err(Unsupported)
     }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, Unsupported> {
-        Err(Unsupported)
-    }
+    no_variants!();
 }
 
 impl ser::SerializeMap for Obj<'_> {

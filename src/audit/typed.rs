@@ -95,6 +95,15 @@ struct Writer<'a> {
 /// Enum variants with fields: records have none, so both serializers refuse them.
 macro_rules! no_variants {
     () => {
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<Self::Ok, Unsupported> {
+            Err(Unsupported)
+        }
         fn serialize_tuple_variant(
             self,
             _: &'static str,
@@ -224,15 +233,6 @@ impl<'a> ser::Serializer for Writer<'a> {
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<(), Unsupported> {
         v.serialize(self)
     }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), Unsupported> {
-        Err(Unsupported)
-    }
     fn serialize_seq(self, _: Option<usize>) -> Result<Seq<'a>, Unsupported> {
         if self.members.is_some() {
             return Err(Unsupported);
@@ -331,15 +331,6 @@ impl ser::Serializer for Key {
         Err(Unsupported)
     }
     fn serialize_unit(self) -> Result<String, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<String, Unsupported> {
         Err(Unsupported)
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {

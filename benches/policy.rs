@@ -11,7 +11,7 @@ use approvalplane::explain::{explain, parse_request};
 use approvalplane::policy::EngineKind;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
-fn inputs() -> (approvalplane::policy::PolicyBundle, Vec<serde_json::Value>) {
+fn inputs() -> (approvalplane::policy::PolicyBundle, Vec<(String, serde_json::Value)>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/explain");
     let cfg = Config::load(&root.join("config.toml")).unwrap();
     let policy = approvalplane::app::load_policy(&cfg).unwrap();
@@ -21,14 +21,16 @@ fn inputs() -> (approvalplane::policy::PolicyBundle, Vec<serde_json::Value>) {
     for p in cases {
         if p.extension().is_some_and(|x| x == "http" || x == "json") {
             let req = parse_request(&std::fs::read(&p).unwrap()).unwrap();
-            v.push(explain(&cfg, &policy, &req, Timestamp(1_795_466_193_000)).unwrap()["input"].clone());
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            v.push((name, explain(&cfg, &policy, &req, Timestamp(1_795_466_193_000)).unwrap()["input"].clone()));
         }
     }
     (policy, v)
 }
 
 fn bench(c: &mut Criterion) {
-    let (policy, inputs) = inputs();
+    let (policy, cases) = inputs();
+    let inputs: Vec<serde_json::Value> = cases.iter().map(|(_, v)| v.clone()).collect();
     let mut g = c.benchmark_group("shipped_library_per_decision");
     for (name, kind) in [("rvm", EngineKind::Rvm), ("interpreter", EngineKind::Interpreter)] {
         g.bench_function(name, |b| {
@@ -49,6 +51,14 @@ fn bench(c: &mut Criterion) {
             black_box(r)
         })
     });
+    g.finish();
+    // Each case on its own, to find the rules that cost the most.
+    let mut g = c.benchmark_group("shipped_library_per_case_rvm");
+    for (name, input) in &cases {
+        g.bench_function(name.as_str(), |b| {
+            b.iter(|| black_box(policy.eval_sets_with(black_box(input), EngineKind::Rvm)))
+        });
+    }
     g.finish();
 }
 

@@ -67,7 +67,7 @@ email_providers := ["sendgrid", "postmark", "mailgun", "ses"]
 
 email_request if {
 	some p in email_providers
-	upstream_is(p)
+	p in http_providers
 }
 
 email_allow contains {
@@ -81,19 +81,19 @@ email_allow contains {
 # --- which requests send mail -----------------------------------------------
 
 email_send_via contains "sendgrid" if {
-	upstream_is("sendgrid")
+	"sendgrid" in http_providers
 	http_method == "POST"
 	http_lsegments == ["v3", "mail", "send"]
 }
 
 email_send_via contains "postmark" if {
-	upstream_is("postmark")
+	"postmark" in http_providers
 	http_method == "POST"
 	http_lsegments in {["email"], ["email", "batch"], ["email", "withtemplate"], ["email", "batchwithtemplates"]}
 }
 
 email_send_via contains "mailgun" if {
-	upstream_is("mailgun")
+	"mailgun" in http_providers
 	http_method == "POST"
 	count(http_lsegments) == 3
 	http_lsegments[0] == "v3"
@@ -101,7 +101,7 @@ email_send_via contains "mailgun" if {
 }
 
 email_send_via contains "ses" if {
-	upstream_is("ses")
+	"ses" in http_providers
 	http_method == "POST"
 	http_lsegments in {["v2", "email", "outbound-emails"], ["v2", "email", "outbound-bulk-emails"]}
 }

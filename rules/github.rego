@@ -46,7 +46,7 @@ github_deploy_workflow_patterns := data.github.deploy_workflow_patterns if {
 	is_array(data.github.deploy_workflow_patterns)
 } else := ["deploy*", "*deploy.yml", "*deploy.yaml", "release*", "publish*"]
 
-github_request if upstream_is("github")
+github_request if "github" in http_providers
 
 github_allow contains {
 	"id": "github.read",

@@ -5,9 +5,10 @@
 # (never raise an error) for inputs that are not proxied HTTP calls, so
 # `kind: "api"` and `kind: "mcp"` inputs evaluate cleanly to empty sets.
 #
-# No regular expressions on the request path: regorus compiles a pattern
-# on every call, which costs more than the rest of a decision. String
-# builtins (trim, split, strings.replace_n) do the same work here.
+# No regular expressions on the request path: string builtins (trim,
+# split, strings.replace_n) do the same work for less. regorus keeps the
+# patterns it compiled (regex and glob) in a bounded cache, so a glob over
+# a fixed list from the data file costs its match, not its compilation.
 package approvalplane
 
 # Every builtin argument below is type-guarded and every value that may be
@@ -88,22 +89,30 @@ provider_upstreams(p) := data.providers[p] if is_array(data.providers[p])
 
 provider_upstreams(p) := [p] if not is_array(data.providers[p])
 
+# The providers whose API the request's upstream speaks: every p whose
+# data.providers[p] lists the upstream, and the upstream's own name when
+# data.providers says nothing of it. A complete rule, so it is computed once
+# per decision; each provider file tests membership instead of calling a
+# function per provider (function results are not cached).
+http_providers contains p if {
+	http_request
+	is_string(input.upstream)
+	is_object(data.providers)
+	some p, upstreams in data.providers
+	is_array(upstreams)
+	input.upstream in upstreams
+}
+
+http_providers contains input.upstream if {
+	http_request
+	is_string(input.upstream)
+	not is_array(data.providers[input.upstream])
+}
+
 # True when this is a proxied HTTP call to an upstream of provider `p`
 # (the same as `input.upstream in provider_upstreams(p)`, without building
 # the list).
-upstream_is(p) if {
-	http_request
-	is_string(input.upstream)
-	is_array(data.providers[p])
-	input.upstream in data.providers[p]
-}
-
-upstream_is(p) if {
-	http_request
-	is_string(input.upstream)
-	not is_array(data.providers[p])
-	input.upstream == p
-}
+upstream_is(p) if p in http_providers
 
 # --- values ------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ records_hubspot_max := v if {
 
 records_request if {
 	some p in ["salesforce", "hubspot", "postgrest"]
-	upstream_is(p)
+	p in http_providers
 }
 
 records_allow contains {
@@ -60,7 +60,7 @@ records_allow contains {
 
 # /services/data/vXX.X/...: the segments after the version, lower-cased.
 salesforce_rest := array.slice(http_lsegments, 3, count(http_lsegments)) if {
-	upstream_is("salesforce")
+	"salesforce" in http_providers
 	count(http_lsegments) >= 4
 	http_lsegments[0] == "services"
 	http_lsegments[1] == "data"
@@ -226,7 +226,7 @@ salesforce_small_count := count(salesforce_subrequest_writes) if salesforce_subr
 
 # POST /crm/v3/objects/{type}/batch/{update|upsert|archive}
 hubspot_batch_op := http_lsegments[5] if {
-	upstream_is("hubspot")
+	"hubspot" in http_providers
 	http_method == "POST"
 	count(http_lsegments) == 6
 	http_lsegments[0] == "crm"
@@ -298,7 +298,7 @@ postgrest_table := http_segments[2] if {
 }
 
 postgrest_write if {
-	upstream_is("postgrest")
+	"postgrest" in http_providers
 	http_method in {"PATCH", "DELETE"}
 	not http_lsegments[0] == "rpc"
 }

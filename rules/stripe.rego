@@ -40,7 +40,7 @@ stripe_refund_max := v if {
 	not_whole_number(data.stripe.refund_auto_approve_max)
 } else := 50000
 
-stripe_request if upstream_is("stripe")
+stripe_request if "stripe" in http_providers
 
 # Reads never move money.
 stripe_allow contains {

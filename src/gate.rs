@@ -728,7 +728,7 @@ impl Gate {
                 if let Err(e) = self.audit.append(ev, Durability::Synced).await {
                     audit_failed(&e, "grant_used");
                     self.metrics.audit_failures.inc();
-                    let _ = self.store.release_grant(&a.id).await;
+                    let _ = self.store.release_grant(&a.id, stored).await;
                     return Err(Refusal::AuditUnavailable);
                 }
                 Ok((a, stored, subject))
@@ -744,8 +744,9 @@ impl Gate {
     async fn use_grant(self: &Arc<Self>, a: &Approval, request_id: &str) -> Result<Response<Body>, Refusal> {
         let (a, stored, subject) = self.claim_recorded(a, request_id).await?;
         let Some(upstream) = self.live().upstreams.get(&stored.upstream).cloned() else {
-            let _ = self.store.release_grant(&a.id).await;
-            return Err(Refusal::UnknownUpstream(stored.upstream));
+            let upstream = stored.upstream.clone();
+            let _ = self.store.release_grant(&a.id, stored).await;
+            return Err(Refusal::UnknownUpstream(upstream));
         };
         self.forward(upstream, stored, subject, request_id.to_string(), Some(a.id.clone())).await
     }
@@ -786,7 +787,7 @@ impl Gate {
                     tracing::warn!(request.id = %request_id, upstream = %upstream.name, error = %e, "forward failed");
                     if let (Some(id), false) = (&approval_id, e.maybe_sent()) {
                         // Nothing reached the upstream: the grant stays usable.
-                        let _ = gate.store.release_grant(id).await;
+                        let _ = gate.store.release_grant(id, req).await;
                     }
                     let refusal = match &e {
                         crate::upstream::ForwardError::Timeout(_) => Refusal::UpstreamTimeout {

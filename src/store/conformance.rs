@@ -168,9 +168,10 @@ async fn grant_is_used_once<S: ApprovalStore>(s: S) {
     let Claim::Granted(_, req) = s.claim_grant(&a.id, TTL, T0).await.unwrap() else { panic!() };
     assert_eq!(req, request());
     assert!(matches!(s.claim_grant(&a.id, TTL, T0).await.unwrap(), Claim::Used(_)));
-    // A connect failure gives it back.
-    s.release_grant(&a.id).await.unwrap();
-    assert!(matches!(s.claim_grant(&a.id, TTL, T0).await.unwrap(), Claim::Granted(..)));
+    // A connect failure gives it back, with the bytes.
+    s.release_grant(&a.id, req).await.unwrap();
+    let Claim::Granted(_, again) = s.claim_grant(&a.id, TTL, T0).await.unwrap() else { panic!() };
+    assert_eq!(again, request());
     // Once used, an identical request starts a new approval.
     assert!(matches!(s.open(open_req("fp", 1, T0)).await.unwrap(), Opened::Created(ref x) if x.id != a.id));
     // A grant lapses after grant_ttl.

@@ -163,14 +163,17 @@ impl ApprovalStore for MemoryStore {
         if now >= a.decided_at.unwrap_or(a.created_at).plus(grant_ttl) {
             return Ok(Claim::Lapsed(a));
         }
-        let Some(req) = e.request.clone() else { return Ok(Claim::NotApproved(a)) };
+        // The bytes go with the grant: a used approval is kept for the retention
+        // without them. A grant given back brings them back.
+        let Some(req) = e.request.take() else { return Ok(Claim::NotApproved(a)) };
         e.grant_used = true;
         Ok(Claim::Granted(a, req))
     }
 
-    async fn release_grant(&self, id: &str) -> Result<(), StoreError> {
+    async fn release_grant(&self, id: &str, request: StoredRequest) -> Result<(), StoreError> {
         if let Some(e) = self.lock().approvals.get_mut(id) {
             e.grant_used = false;
+            e.request = Some(request);
         }
         self.waiters.wake(id);
         Ok(())

@@ -158,8 +158,10 @@ pub trait ApprovalStore: Send + Sync + 'static {
     async fn decide(&self, id: &str, vote: Vote) -> Result<DecideOutcome, StoreError>;
     /// Takes the one forward of an approved request.
     async fn claim_grant(&self, id: &str, grant_ttl: Duration, now: Timestamp) -> Result<Claim, StoreError>;
-    /// Gives an unused grant back (the upstream could not be connected to).
-    async fn release_grant(&self, id: &str) -> Result<(), StoreError>;
+    /// Gives an unused grant back (the upstream could not be connected to), with the
+    /// request its claim returned: a store that hands the bytes out on claim (the
+    /// memory store does not keep them for the retention) takes them back.
+    async fn release_grant(&self, id: &str, request: StoredRequest) -> Result<(), StoreError>;
     /// Ends a pending approval without a person: expired, abandoned, interrupted.
     /// Returns the approval if this call ended it.
     async fn finish(&self, id: &str, how: Finish, now: Timestamp) -> Result<Option<Approval>, StoreError>;

@@ -852,7 +852,8 @@ impl ApprovalStore for RedisStore {
         })
     }
 
-    async fn release_grant(&self, id: &str) -> Result<(), StoreError> {
+    async fn release_grant(&self, id: &str, _request: StoredRequest) -> Result<(), StoreError> {
+        // The record keeps its request: claiming does not take it out.
         let _: i64 = self.invoke(self.scripts.release.key(self.record_key(id)).arg(self.channel()).arg(id)).await?;
         self.wake.waiters.wake(id);
         Ok(())

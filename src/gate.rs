@@ -408,7 +408,8 @@ impl Gate {
                     None,
                     None,
                 );
-                if let Err(err) = self.audit.append(ev.clone(), Durability::Written).await {
+                let f = Box::pin(self.audit.append(ev.clone(), Durability::Written));
+                if let Err(err) = f.await {
                     audit_failed(&err, "decision");
                     self.record_later(ev);
                 }
@@ -436,11 +437,18 @@ impl Gate {
             }
         }
         match verdict.decision {
+            // Every path in a box of its own (each `let` ends its unboxed future's
+            // storage before the await): this future's size is what a held request
+            // keeps while it waits.
             Decision::Allow => {
-                self.record_allowed(&subject, &a.request_id, &verdict, None).await?;
+                let f = Box::pin(self.record_allowed(&subject, &a.request_id, &verdict, None));
+                f.await?;
                 self.forward(upstream, a.req, subject, a.request_id, None).await
             }
-            Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, None).await),
+            Decision::Deny => {
+                let f = Box::pin(self.refuse_denied(&subject, &a.request_id, verdict, None));
+                Err(f.await)
+            }
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
                     return Err(Refusal::PolicyDenied {
@@ -470,13 +478,15 @@ impl Gate {
                 };
                 // Boxed: the held path's futures are allocated only by requests that
                 // take it, and a parked request's task stays small.
-                let approval = Box::pin(self.open(open, &subject, &a.request_id, &verdict.reason, None)).await?;
+                let f = Box::pin(self.open(open, &subject, &a.request_id, &verdict.reason, None));
+                let approval = f.await?;
                 // A held request waits for minutes: it keeps its approval's id and
                 // nothing else (the store has the approval and the request bytes).
                 let id = approval.id;
                 drop((plan, verdict, subject, upstream, live));
                 let HttpAction { request_id, status_base, wait, .. } = a;
-                Box::pin(self.hold_and_forward(id, &request_id, wait, &status_base)).await
+                let f = Box::pin(self.hold_and_forward(id, &request_id, wait, &status_base));
+                f.await
             }
         }
     }
@@ -644,7 +654,10 @@ impl Gate {
                     route: a.route.clone(),
                 })
             }
-            Status::Approved => Box::pin(self.use_grant(&a, request_id)).await,
+            Status::Approved => {
+                let f = Box::pin(self.use_grant(&a, request_id));
+                f.await
+            }
             other => Err(self.refusal_for(&a, other)),
         }
     }

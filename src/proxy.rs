@@ -37,9 +37,22 @@ pub async fn handle(gate: Arc<Gate>, req: Request<Incoming>) -> Response<Body> {
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     let res = match first {
         _ if header_bytes > MAX_HEADER_BYTES => Err(Refusal::HeadersTooLarge { limit: MAX_HEADER_BYTES }),
-        "v1" => crate::api::handle(&gate, req, &request_id).await,
-        "mcp" => crate::mcp::handle(&gate, req).await,
-        _ => proxy(&gate, req, &request_id).await,
+        // Each in a box of its own, sized to the path taken: hyper keeps one
+        // in-flight slot per connection for as long as the connection lives, and a
+        // held request keeps its future for minutes. (A future boxed in the
+        // statement that awaits it would still take its size in this one.)
+        "v1" => {
+            let f = Box::pin(crate::api::handle(&gate, req, &request_id));
+            f.await
+        }
+        "mcp" => {
+            let f = Box::pin(crate::mcp::handle(&gate, req));
+            f.await
+        }
+        _ => {
+            let f = Box::pin(proxy(&gate, req, &request_id));
+            f.await
+        }
     };
     let mut resp = match res {
         Ok(r) => r,
@@ -249,8 +262,11 @@ async fn proxy(gate: &Arc<Gate>, req: Request<Incoming>, request_id: &str) -> Re
         wait,
         status_base: format!("http://{host}"),
     };
-    drop(live);
-    gate.proxy(action).await
+    // A held request keeps this future for minutes: the parsed head (its header
+    // map, its URI) goes now; the action has what the gate needs.
+    drop((live, parts));
+    let f = Box::pin(gate.proxy(action));
+    f.await
 }
 
 #[cfg(test)]

@@ -469,6 +469,10 @@ def test_dockerfile_build_line_and_copies_match_the_repo():
     build_sources = [s for s, d in copies if not d.startswith("/etc/")]
     for rel in cargo_target_paths():
         assert covered(rel, build_sources), f"the build stage does not COPY {rel}, which cargo needs"
+    # Cargo's own config in the repo changes what is built (the allocator's defaults).
+    if (REPO_ROOT / ".cargo" / "config.toml").is_file():
+        assert covered(".cargo/config.toml", build_sources), \
+            "the build stage does not COPY .cargo/config.toml, which sets build-time defaults"
     for rs in (REPO_ROOT / "src").rglob("*.rs"):
         for m in re.finditer(r'include_(?:str|bytes)!\(\s*"([^"]+)"', rs.read_text()):
             target = os.path.relpath((rs.parent / m.group(1)).resolve(), REPO_ROOT)

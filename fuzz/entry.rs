@@ -10,7 +10,9 @@ pub fn qs_form(data: &[u8]) {
     }
 }
 
-/// The policy input builder over arbitrary bodies, content types and queries.
+/// The policy input builder over arbitrary bodies, content types and queries:
+/// never panics, and the document built as regorus values (what the request path
+/// evaluates) is the JSON document (what `rules explain` shows) converted.
 pub fn policy_input(data: &[u8]) {
     // Layout: content-type \0 query \0 body.
     let mut parts = data.splitn(3, |&b| b == 0);
@@ -29,7 +31,14 @@ pub fn policy_input(data: &[u8]) {
         justification: None,
         inject_header: None,
     };
-    let _ = approvalplane::policy::input::http_input(&view, approvalplane::clock::Timestamp(0));
+    let now = approvalplane::clock::Timestamp(0);
+    let json = approvalplane::policy::input::http_input::<serde_json::Value>(&view, now);
+    let direct = approvalplane::policy::input::http_input::<regorus::Value>(&view, now);
+    match (json, direct) {
+        (Ok(json), Ok(direct)) => assert_eq!(direct, regorus::Value::from(json)),
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("the two forms disagree: {a:?} / {b:?}"),
+    }
 }
 
 /// The audit record parser and verifier over arbitrary chain files.

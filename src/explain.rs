@@ -122,7 +122,7 @@ pub fn explain(
         justification: req.justification.as_deref(),
         inject_header: inject.as_deref(),
     };
-    let doc = match input::http_input(&view, now) {
+    let doc = match input::http_input::<Value>(&view, now) {
         Ok(d) => d,
         Err(e) => {
             return Ok(json!({

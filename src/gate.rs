@@ -387,7 +387,7 @@ impl Gate {
             justification: a.justification.as_deref(),
             inject_header: upstream.inject_header().map(|h| h.as_str()),
         };
-        let doc = match input::http_input(&view, now) {
+        let doc = match input::http_input::<regorus::Value>(&view, now) {
             Ok(d) => d,
             Err(e) => {
                 let (rule, refusal) = match &e {
@@ -416,10 +416,7 @@ impl Gate {
                 return Err(refusal);
             }
         };
-        let (verdict, _) = live.policy.evaluate(&doc);
-        // A held request keeps this future alive for minutes: the input document
-        // must not stay in it.
-        drop(doc);
+        let (verdict, _) = live.policy.evaluate_value(doc);
         subject.rule_ids = verdict.rule_ids.clone();
         if let Some(action) = verdict.plan.as_ref().and_then(|p| p.action.clone()) {
             subject.action = action;

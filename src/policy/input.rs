@@ -100,45 +100,102 @@ pub fn parse_query(query: Option<&str>) -> Result<Value, InputError> {
     }
 }
 
+/// What an input document is built as: `serde_json` values for display (`rules
+/// explain`), regorus values for evaluation, so the request path builds its
+/// document once, in the form the VM reads, instead of a JSON tree converted after.
+pub trait Doc: Sized {
+    fn object<K: AsRef<str>>(members: impl IntoIterator<Item = (K, Self)>) -> Self;
+    fn text(s: &str) -> Self;
+    fn string(s: String) -> Self;
+    fn boolean(b: bool) -> Self;
+    fn null() -> Self;
+    /// A part parsed as JSON (the body, the query string).
+    fn json(v: Value) -> Result<Self, InputError>;
+}
+
+impl Doc for Value {
+    fn object<K: AsRef<str>>(members: impl IntoIterator<Item = (K, Self)>) -> Self {
+        Value::Object(members.into_iter().map(|(k, v)| (k.as_ref().to_string(), v)).collect())
+    }
+    fn text(s: &str) -> Self {
+        Value::String(s.to_string())
+    }
+    fn string(s: String) -> Self {
+        Value::String(s)
+    }
+    fn boolean(b: bool) -> Self {
+        Value::Bool(b)
+    }
+    fn null() -> Self {
+        Value::Null
+    }
+    fn json(v: Value) -> Result<Self, InputError> {
+        Ok(v)
+    }
+}
+
+impl Doc for regorus::Value {
+    fn object<K: AsRef<str>>(members: impl IntoIterator<Item = (K, Self)>) -> Self {
+        let map: std::collections::BTreeMap<regorus::Value, regorus::Value> =
+            members.into_iter().map(|(k, v)| (regorus::Value::from(k.as_ref()), v)).collect();
+        regorus::Value::from(map)
+    }
+    fn text(s: &str) -> Self {
+        regorus::Value::from(s)
+    }
+    fn string(s: String) -> Self {
+        regorus::Value::from(s)
+    }
+    fn boolean(b: bool) -> Self {
+        regorus::Value::from(b)
+    }
+    fn null() -> Self {
+        regorus::Value::Null
+    }
+    fn json(v: Value) -> Result<Self, InputError> {
+        use serde::Deserialize;
+        regorus::Value::deserialize(&v).map_err(|e| InputError::Body(format!("input document: {e}")))
+    }
+}
+
 /// The input document for a proxied request.
-pub fn http_input(v: &HttpView<'_>, now: Timestamp) -> Result<Value, InputError> {
+pub fn http_input<D: Doc>(v: &HttpView<'_>, now: Timestamp) -> Result<D, InputError> {
     let parsed_body = parse_body(v.headers, v.body)?;
     let query = parse_query(v.query)?;
-    let mut headers = Map::new();
+    // Repeated headers are joined with ", ", in order (RFC 9110 §5.3).
+    let mut headers: Vec<(&str, String)> = Vec::with_capacity(v.headers.len());
     for (k, val) in v.headers {
         let shown = redact::header_value(k, val, v.inject_header);
-        match headers.get_mut(k) {
-            Some(Value::String(s)) => {
+        match headers.iter_mut().find(|(name, _)| *name == k.as_str()) {
+            Some((_, s)) => {
                 s.push_str(", ");
                 s.push_str(shown);
             }
-            _ => {
-                headers.insert(k.clone(), Value::String(shown.to_string()));
-            }
+            None => headers.push((k.as_str(), shown.to_string())),
         }
     }
     let (body, truncated, encoding) = body_text(v.body);
-    let mut request = json!({
-        "method": v.method,
-        "path": v.path,
-        "query": query,
-        "headers": headers,
-        "body": body,
-        "body_sha256": sha256_hex(v.body),
-        "truncated": truncated,
-        "parsed_body": parsed_body,
-    });
+    let mut request = vec![
+        ("method", D::text(v.method)),
+        ("path", D::text(v.path)),
+        ("query", D::json(query)?),
+        ("headers", D::object(headers.into_iter().map(|(k, s)| (k, D::string(s))))),
+        ("body", D::string(body)),
+        ("body_sha256", D::string(sha256_hex(v.body))),
+        ("truncated", D::boolean(truncated)),
+        ("parsed_body", D::json(parsed_body)?),
+    ];
     if let Some(e) = encoding {
-        request["body_encoding"] = json!(e);
+        request.push(("body_encoding", D::text(e)));
     }
-    Ok(json!({
-        "kind": "http",
-        "agent": {"id": v.agent},
-        "upstream": v.upstream,
-        "justification": v.justification,
-        "request": request,
-        "now": now.rfc3339_seconds(),
-    }))
+    Ok(D::object([
+        ("kind", D::text("http")),
+        ("agent", D::object([("id", D::text(v.agent))])),
+        ("upstream", D::text(v.upstream)),
+        ("justification", v.justification.map_or_else(D::null, D::text)),
+        ("request", D::object(request)),
+        ("now", D::string(now.rfc3339_seconds())),
+    ]))
 }
 
 /// The body as text for the rules: UTF-8 as is (cut at [`MAX_BODY_TEXT`]), anything
@@ -231,7 +288,8 @@ mod tests {
         let headers =
             h(&[("content-type", "application/x-www-form-urlencoded"), ("authorization", "Bearer sk_live_x")]);
         let body = b"charge=ch_1&amount=240000&metadata[order]=6735";
-        let doc = http_input(&view(&headers, body, Some("expand[]=charge")), Timestamp(1_795_466_193_000)).unwrap();
+        let doc: Value =
+            http_input(&view(&headers, body, Some("expand[]=charge")), Timestamp(1_795_466_193_000)).unwrap();
         assert_eq!(doc["kind"], "http");
         assert_eq!(doc["agent"]["id"], "support-agent");
         assert_eq!(doc["request"]["query"], json!({"expand": ["charge"]}));
@@ -244,6 +302,46 @@ mod tests {
         assert_eq!(doc["request"]["body_sha256"], sha256_hex(body));
         assert_eq!(doc["now"], "2026-11-23T20:36:33Z");
         assert_eq!(doc["justification"], "duplicate charge");
+    }
+
+    #[test]
+    fn both_forms_of_the_document_agree() {
+        use serde::Deserialize;
+        let form = h(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", "Bearer sk_live_x"),
+            ("x-tag", "a"),
+            ("accept", "*/*"),
+            ("x-tag", "b"),
+        ]);
+        let json_ct = h(&[("content-type", "application/json"), ("x-n", "1")]);
+        let none = h(&[]);
+        let big = vec![b'a'; MAX_BODY_TEXT + 10];
+        type Case<'a> = (&'a [(String, String)], &'a [u8], Option<&'a str>, Option<&'a str>);
+        let cases: [Case; 6] = [
+            (&form, b"charge=ch_1&amount=240000&metadata[order]=6735", Some("expand[]=charge&x=1"), Some("why")),
+            (
+                &json_ct,
+                br#"{"amount": 12.5, "n": -3, "big": 123456789012345678901, "l": [1, {"a": null}]}"#,
+                None,
+                None,
+            ),
+            (&none, b"", Some(""), None),
+            (&none, b"\xff\x00", None, Some("")),
+            (&none, &big, None, None),
+            (&json_ct, b"[]", Some("a[b]=1&a[c]=2"), None),
+        ];
+        for (headers, body, query, justification) in cases {
+            let mut v = view(headers, body, query);
+            v.justification = justification;
+            let json: Value = http_input(&v, Timestamp(1_795_466_193_000)).unwrap();
+            let direct: regorus::Value = http_input(&v, Timestamp(1_795_466_193_000)).unwrap();
+            assert_eq!(direct, regorus::Value::deserialize(&json).unwrap(), "{json}");
+        }
+        let joined: Value = http_input(&view(&form, b"", None), Timestamp(0)).unwrap();
+        assert_eq!(joined["request"]["headers"]["x-tag"], "a, b");
+        let keys: Vec<&String> = joined["request"]["headers"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["content-type", "authorization", "x-tag", "accept"]);
     }
 
     #[test]
@@ -261,10 +359,10 @@ mod tests {
             (&latin, b"{}"),
         ];
         for (headers, body) in bad {
-            let e = http_input(&view(headers, body, None), Timestamp(0)).unwrap_err();
+            let e = http_input::<Value>(&view(headers, body, None), Timestamp(0)).unwrap_err();
             assert!(matches!(e, InputError::Body(_)), "{e}");
         }
-        let e = http_input(&view(&form, b"", Some("a=1&a=2")), Timestamp(0)).unwrap_err();
+        let e = http_input::<Value>(&view(&form, b"", Some("a=1&a=2")), Timestamp(0)).unwrap_err();
         assert!(matches!(e, InputError::Query(_)));
     }
 
@@ -272,10 +370,10 @@ mod tests {
     fn long_and_binary_bodies() {
         let big = vec![b'a'; MAX_BODY_TEXT + 10];
         let none = h(&[]);
-        let doc = http_input(&view(&none, &big, None), Timestamp(0)).unwrap();
+        let doc = http_input::<Value>(&view(&none, &big, None), Timestamp(0)).unwrap();
         assert_eq!(doc["request"]["truncated"], true);
         assert_eq!(doc["request"]["body"].as_str().unwrap().len(), MAX_BODY_TEXT);
-        let doc = http_input(&view(&none, b"\xff\x00", None), Timestamp(0)).unwrap();
+        let doc = http_input::<Value>(&view(&none, b"\xff\x00", None), Timestamp(0)).unwrap();
         assert_eq!(doc["request"]["body_encoding"], "base64");
         assert_eq!(doc["request"]["parsed_body"], Value::Null);
     }

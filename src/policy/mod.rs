@@ -163,20 +163,26 @@ fn has_undefined(v: &regorus::Value) -> bool {
     }
 }
 
-/// The three sets out of the entry rule's value.
+/// The three sets out of the entry rule's value. Only the sets' elements are
+/// converted to JSON (the combiner and the audit read them).
 fn sets_of(out: &regorus::Value) -> Result<RuleSets, String> {
     if has_undefined(out) {
         return Err("the rules produced an undefined value".into());
     }
-    let v = serde_json::to_value(out).map_err(|e| e.to_string())?;
-    if !v.is_object() {
-        return Err(format!("rules did not evaluate to the three sets (got {v})"));
-    }
+    let regorus::Value::Object(members) = out else {
+        let shown = serde_json::to_value(out).map_err(|e| e.to_string())?;
+        return Err(format!("rules did not evaluate to the three sets (got {shown})"));
+    };
     let take = |k: &str| -> Result<Vec<Value>, String> {
-        match v.get(k) {
-            Some(Value::Array(a)) => Ok(a.clone()),
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(o) => Err(format!("data.approvalplane.{k} is not a set: {o}")),
+        match members.get(&regorus::Value::from(k)) {
+            Some(regorus::Value::Array(a)) => {
+                a.iter().map(|x| serde_json::to_value(x).map_err(|e| e.to_string())).collect()
+            }
+            None | Some(regorus::Value::Null) => Ok(Vec::new()),
+            Some(o) => Err(format!(
+                "data.approvalplane.{k} is not a set: {}",
+                serde_json::to_value(o).map_err(|e| e.to_string())?
+            )),
         }
     };
     Ok(RuleSets { deny: take("deny")?, approval: take("approval")?, allow: take("allow")? })
@@ -337,14 +343,18 @@ impl PolicyBundle {
     /// sets: with the serving engine, and with the interpreter again when the VM
     /// failed or produced an undefined value.
     pub fn eval_sets(&self, input: &Value) -> Result<RuleSets, String> {
-        let converted = to_regorus(input)?;
+        self.eval_sets_value(to_regorus(input)?)
+    }
+
+    fn eval_sets_value(&self, input: regorus::Value) -> Result<RuleSets, String> {
         if let (EngineKind::Rvm, Some(program)) = (self.serving_engine(), &self.program) {
-            match self.eval_rvm(program, converted.clone()).and_then(|out| sets_of(&out)) {
+            // A clone of the document is a reference count, kept for the fallback.
+            match self.eval_rvm(program, input.clone()).and_then(|out| sets_of(&out)) {
                 Ok(sets) => return Ok(sets),
                 Err(e) => tracing::debug!(error = %e, "bytecode VM failed; deciding with the interpreter"),
             }
         }
-        sets_of(&self.eval_interpreter(converted)?)
+        sets_of(&self.eval_interpreter(input)?)
     }
 
     /// Evaluates with one engine only, without falling back (the differential test
@@ -400,7 +410,17 @@ impl PolicyBundle {
 
     /// Evaluates and combines. Never fails: any error is a deny verdict.
     pub fn evaluate(&self, input: &Value) -> (Verdict, RuleSets) {
-        match self.eval_sets(input) {
+        self.verdict(to_regorus(input).and_then(|doc| self.eval_sets_value(doc)))
+    }
+
+    /// [`PolicyBundle::evaluate`] on a document already built as regorus values
+    /// ([`input::http_input`] builds it so on the request path).
+    pub fn evaluate_value(&self, input: regorus::Value) -> (Verdict, RuleSets) {
+        self.verdict(self.eval_sets_value(input))
+    }
+
+    fn verdict(&self, sets: Result<RuleSets, String>) -> (Verdict, RuleSets) {
+        match sets {
             Ok(sets) => (combine(&sets, self.default, self.mode, &self.routes), sets),
             Err(e) => (Verdict::error(e), RuleSets::default()),
         }

@@ -549,6 +549,7 @@ impl AgentWorkers {
             let handle = rt.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let t = std::thread::Builder::new().name(format!("agent-worker-{i}")).spawn(move || {
+                crate::upstream::use_pool_of_worker(i);
                 rt.block_on(async {
                     let _ = stopped.await;
                 });

@@ -195,7 +195,8 @@ pub struct FileUpstream {
     pub connect_timeout: Option<String>,
     /// Extension: time to the response headers.
     pub response_timeout: Option<String>,
-    /// Extension: cap on concurrent requests to this upstream.
+    /// Extension: cap on concurrent requests to this upstream, all agent workers
+    /// together (each worker keeps its own idle connections).
     pub max_connections: Option<usize>,
 }
 

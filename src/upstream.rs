@@ -1,11 +1,13 @@
 //! The forwarder: the only code that talks to upstreams.
 //!
-//! One pooled hyper client per upstream, with rustls (webpki roots plus the
-//! upstream's optional `ca_file`), connect and response timeouts, a cap on
-//! concurrent requests, and credential injection. It sends a [`StoredRequest`]
+//! Pooled hyper clients per upstream, one pool per agent worker thread (see
+//! [`use_pool_of_worker`]), with rustls (webpki roots plus the upstream's optional
+//! `ca_file`), connect and response timeouts, a cap on concurrent requests shared
+//! by the pools, and credential injection. It sends a [`StoredRequest`]
 //! exactly as stored: the approved bytes, never a re-encoding.
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,13 +62,36 @@ impl ForwardError {
 
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// How many connection pools an upstream keeps at most: one per agent worker
+/// thread, and one for every other thread; workers beyond it share.
+const MAX_POOLS: usize = 17;
+
+thread_local! {
+    /// The pool this thread's forwards use (0: threads that are not agent workers).
+    static POOL: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread, agent worker `index` (from 0), forward through pools
+/// of its own. A pooled connection's task runs on the runtime that opened it, so
+/// a connection shared between two current-thread workers would cost a cross-thread
+/// wake-up on every request and response; with one pool per worker a forward stays
+/// on its worker's thread.
+pub fn use_pool_of_worker(index: usize) {
+    POOL.with(|p| p.set(1 + index % (MAX_POOLS - 1)));
+}
+
 pub struct Upstream {
     pub name: String,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host: HeaderValue,
     base_path: String,
+    /// Pool 0, built with the upstream (its connector is what the others copy).
     client: HttpsClient,
+    connector: HttpsConnector<HttpConnector>,
+    max_idle: usize,
+    /// Pools 1.., one per agent worker, made on first use.
+    worker_pools: Box<[OnceLock<HttpsClient>]>,
     inject: Option<(HeaderName, HeaderValue)>,
     response_timeout: Duration,
     permits: Arc<Semaphore>,
@@ -92,6 +117,13 @@ pub fn https_client(
     connect_timeout: Duration,
     max_idle_per_host: usize,
 ) -> Result<HttpsClient, String> {
+    Ok(client_on(https_connector(roots, connect_timeout)?, max_idle_per_host))
+}
+
+fn https_connector(
+    roots: rustls::RootCertStore,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // ALPN is set by the connector builder.
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -104,16 +136,19 @@ pub fn https_client(
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+        .wrap_connector(http))
+}
+
+fn client_on(connector: HttpsConnector<HttpConnector>, max_idle_per_host: usize) -> HttpsClient {
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(max_idle_per_host)
         .retry_canceled_requests(false)
-        .build(https))
+        .build(connector)
 }
 
 /// The webpki roots plus the upstream's `ca_file`.
@@ -141,8 +176,9 @@ fn roots(cfg: &UpstreamConfig) -> Result<rustls::RootCertStore, UpstreamError> {
 
 impl Upstream {
     pub fn build(cfg: &UpstreamConfig, inject_value: Option<&Secret>) -> Result<Upstream, UpstreamError> {
-        let client = https_client(roots(cfg)?, cfg.connect_timeout, cfg.max_connections)
+        let connector = https_connector(roots(cfg)?, cfg.connect_timeout)
             .map_err(|message| UpstreamError::Tls { name: cfg.name.clone(), message })?;
+        let client = client_on(connector.clone(), cfg.max_connections);
         let parts = cfg.url.clone().into_parts();
         let scheme = parts.scheme.unwrap_or(http::uri::Scheme::HTTPS);
         let authority = parts.authority.expect("validated: upstream url has a host");
@@ -167,6 +203,9 @@ impl Upstream {
             host,
             base_path,
             client,
+            connector,
+            max_idle: cfg.max_connections,
+            worker_pools: (1..MAX_POOLS).map(|_| OnceLock::new()).collect(),
             inject,
             response_timeout: cfg.response_timeout,
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -185,6 +224,14 @@ impl Upstream {
             .path_and_query(format!("{}{}", self.base_path, path_and_query))
             .build()
             .map_err(|e| ForwardError::Failed(format!("bad upstream URI: {e}")))
+    }
+
+    /// The calling thread's pool.
+    fn pool(&self) -> &HttpsClient {
+        match POOL.with(Cell::get) {
+            0 => &self.client,
+            i => self.worker_pools[i - 1].get_or_init(|| client_on(self.connector.clone(), self.max_idle)),
+        }
     }
 
     /// Sends `req` and waits for the response headers.
@@ -206,7 +253,7 @@ impl Upstream {
         }
         let request = b.body(Full::new(req.body.clone())).map_err(|e| ForwardError::Failed(e.to_string()))?;
         let _permit = self.permits.acquire().await.map_err(|_| ForwardError::Connect("upstream closed".into()))?;
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.response_timeout, self.pool().request(request)).await {
             Err(_) => Err(ForwardError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
@@ -228,4 +275,46 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let cfg = UpstreamConfig {
+            name: "u".into(),
+            url: "http://127.0.0.1:9".parse().unwrap(),
+            inject_header: None,
+            inject_value: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            max_connections: 4,
+        };
+        Upstream::build(&cfg, None).unwrap()
+    }
+
+    #[test]
+    fn each_agent_worker_forwards_through_a_pool_of_its_own() {
+        let up = Arc::new(upstream());
+        let pool_of = |worker: Option<usize>| {
+            let up = up.clone();
+            std::thread::spawn(move || {
+                if let Some(i) = worker {
+                    use_pool_of_worker(i);
+                }
+                up.pool() as *const HttpsClient as usize
+            })
+            .join()
+            .unwrap()
+        };
+        let (other, w0, w1) = (pool_of(None), pool_of(Some(0)), pool_of(Some(1)));
+        assert_ne!(other, w0);
+        assert_ne!(w0, w1);
+        assert_eq!(w0, pool_of(Some(0)), "a worker keeps its pool");
+        assert_eq!(other, pool_of(None));
+        // Workers past the bound share pools instead of growing them.
+        assert_eq!(pool_of(Some(MAX_POOLS - 1)), w0);
+    }
 }

@@ -17,7 +17,7 @@ use approvalplane::approval::{Approval, Channel, Entrance, Risk, Status, StoredR
 use approvalplane::clock::Timestamp;
 use approvalplane::store::memory::MemoryStore;
 use approvalplane::store::redis::{RedisOptions, RedisStore};
-use approvalplane::store::{ApprovalStore, Claim, OpenRequest, Opened, Reuse, Vote};
+use approvalplane::store::{ApprovalStore, Claim, ListQuery, OpenRequest, Opened, Reuse, Vote};
 
 const CONCURRENCY: usize = 16;
 
@@ -193,6 +193,34 @@ async fn decision_to_grant(
     out
 }
 
+/// Opens `n` pending approvals, then pages through the pending ones and through
+/// all, 1000 per page; returns (pages, ms for the pending pages, ms for all).
+async fn listing(store: Arc<dyn ApprovalStore>, base: usize, n: usize) -> (usize, f64, f64) {
+    let now = Timestamp(1_800_000_000_000);
+    // One a millisecond, as a burst of held requests arrives.
+    for i in 0..n {
+        store.open(open_request(base + i, Timestamp(now.0 + i as u64))).await.unwrap();
+    }
+    let timed = |status| {
+        let store = store.clone();
+        async move {
+            let start = Instant::now();
+            let (mut after, mut pages) = (None, 0);
+            loop {
+                let p = store.list(&ListQuery { status, after, limit: 1000 }).await.unwrap();
+                pages += 1;
+                match p.next {
+                    Some(n) => after = Some(n),
+                    None => return (pages, start.elapsed().as_secs_f64() * 1000.0),
+                }
+            }
+        }
+    };
+    let (pages, pending) = timed(Some(Status::Pending)).await;
+    let (_, all) = timed(None).await;
+    (pages, pending, all)
+}
+
 fn pct(v: &[Duration], p: f64) -> f64 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0
 }
@@ -233,6 +261,19 @@ fn main() {
         println!("|---|---|---|---|");
         for (name, v) in [("memory", &lm), ("redis", &lr)] {
             println!("| {name} | {:.3} | {:.3} | {:.3} |", pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
+        }
+
+        // The listing pages of the admin API and the web page, with the approvals
+        // decided above still retained.
+        let held = if full { 10_000 } else { 100 };
+        let lm = listing(memory.clone(), 200_000, held).await;
+        let lr = listing(ra.clone(), 200_000, held).await;
+        println!();
+        println!("listing {held} pending approvals, 1000 per page, {} decided ones retained:", ops + samples);
+        println!("| backend | pages | pending, ms | all, ms |");
+        println!("|---|---|---|---|");
+        for (name, l) in [("memory", &lm), ("redis", &lr)] {
+            println!("| {name} | {} | {:.1} | {:.1} |", l.0, l.1, l.2);
         }
     });
 }

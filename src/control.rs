@@ -116,31 +116,49 @@ fn verdict(s: &str) -> Result<Verdict, Box<Response<Body>>> {
 
 /// The response for one decision's outcome.
 pub fn decision_response(r: Result<Approval, DecideError>) -> Response<Body> {
+    let status = decision_status(&r);
     match r {
-        Ok(a) => respond::json(StatusCode::OK, &a.to_json()),
-        Err(DecideError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, "malformed_request", m),
-        Err(DecideError::NotFound(id)) => error(StatusCode::NOT_FOUND, "not_found", format!("approval {id} not found")),
-        Err(e @ DecideError::Forbidden { .. }) => error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        Ok(a) => respond::json(status, &a.to_json()),
+        Err(DecideError::BadRequest(m)) => error(status, "malformed_request", m),
+        Err(DecideError::NotFound(id)) => error(status, "not_found", format!("approval {id} not found")),
+        Err(e @ DecideError::Forbidden { .. }) => error(status, "forbidden", e.to_string()),
         Err(DecideError::AlreadyDecided(a)) => respond::json(
-            StatusCode::CONFLICT,
+            status,
             &json!({"error": {"type": "already_decided", "message": format!("approval {} is already {}", a.id, a.status), "approval": a.to_json()}}),
         ),
-        Err(DecideError::AuditUnavailable(e)) => {
-            tracing::error!(error = %e, "audit log unavailable: decision refused");
+        Err(DecideError::AuditUnavailable(_)) => {
             let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
+                status,
                 "audit_unavailable",
                 "the audit log is unavailable, and a decision is not taken without its record; retry",
             );
             r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }
-        Err(DecideError::Store(e)) => {
-            tracing::error!(error = %e, "store unavailable during a decision");
-            let mut r =
-                error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the approval store is unavailable; retry");
+        Err(DecideError::Store(_)) => {
+            let mut r = error(status, "store_unavailable", "the approval store is unavailable; retry");
             r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
+        }
+    }
+}
+
+/// The HTTP status of a decision's outcome, the same for single and bulk calls.
+/// An unavailable log or store is logged here, once per decision.
+fn decision_status(r: &Result<Approval, DecideError>) -> StatusCode {
+    match r {
+        Ok(_) => StatusCode::OK,
+        Err(DecideError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+        Err(DecideError::NotFound(_)) => StatusCode::NOT_FOUND,
+        Err(DecideError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+        Err(DecideError::AlreadyDecided(_)) => StatusCode::CONFLICT,
+        Err(DecideError::AuditUnavailable(e)) => {
+            tracing::error!(error = %e, "audit log unavailable: decision refused");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Err(DecideError::Store(e)) => {
+            tracing::error!(error = %e, "store unavailable during a decision");
+            StatusCode::SERVICE_UNAVAILABLE
         }
     }
 }
@@ -256,7 +274,7 @@ impl Control {
                         let (gate, who, reason) = (self.gate.clone(), who.clone(), b.reason.clone());
                         tokio::spawn(async move {
                             let r = gate.decide(&who, &id, v, reason, Channel::AdminApi).await;
-                            let status = decision_response(r.clone()).status().as_u16();
+                            let status = decision_status(&r).as_u16();
                             match r {
                                 Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
                                 Err(DecideError::AlreadyDecided(a)) => {

@@ -90,6 +90,7 @@ where
     rejection_is_remembered(make().await).await;
     finish_and_escalate(make().await).await;
     listing_pages_oldest_first(make().await).await;
+    listing_follows_every_transition(make().await).await;
     ask_reuse_returns_decided(make().await).await;
     concurrent_votes_have_one_winner(Arc::new(make().await)).await;
     waiters_are_woken(Arc::new(make().await)).await;
@@ -226,6 +227,59 @@ async fn listing_pages_oldest_first<S: ApprovalStore>(s: S) {
     assert_eq!(counts.get("finance-oncall"), Some(&4));
 }
 
+/// Every page of `status`, followed by cursor, `limit` at a time.
+async fn listed<S: ApprovalStore>(s: &S, status: Option<Status>, limit: usize) -> Vec<String> {
+    let (mut out, mut after) = (Vec::new(), None);
+    loop {
+        let p = s.list(&ListQuery { status, after, limit }).await.unwrap();
+        assert!(p.approvals.len() <= limit);
+        out.extend(p.approvals.into_iter().map(|a| a.id));
+        match p.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+async fn listing_follows_every_transition<S: ApprovalStore>(s: S) {
+    let mut ids = Vec::new();
+    for i in 0..7u64 {
+        let mut r = open_req(&format!("tr{i}"), if i == 3 { 2 } else { 1 }, T0);
+        r.approval.created_at = Timestamp(T0.0 + i);
+        let Opened::Created(a) = s.open(r).await.unwrap() else { panic!() };
+        ids.push(a.id);
+    }
+    s.decide(&ids[0], vote("alice", Verdict::Approve, T0)).await.unwrap();
+    s.decide(&ids[1], vote("bob", Verdict::Reject, T0)).await.unwrap();
+    s.finish(&ids[2], Finish::Expired, T0).await.unwrap();
+    // One vote of a quorum of two, and an escalation: both still pending.
+    s.decide(&ids[3], vote("alice", Verdict::Approve, T0)).await.unwrap();
+    s.escalate(&ids[4], &["exec-oncall".to_string()], T0).await.unwrap();
+    s.finish(&ids[5], Finish::Abandoned, T0).await.unwrap();
+    for limit in [1, 2, 1000] {
+        assert_eq!(
+            listed(&s, Some(Status::Pending), limit).await,
+            [ids[3].clone(), ids[4].clone(), ids[6].clone()],
+            "limit {limit}"
+        );
+        assert_eq!(listed(&s, None, limit).await, ids, "limit {limit}");
+        assert_eq!(listed(&s, Some(Status::Approved), limit).await, [ids[0].clone()]);
+        assert_eq!(listed(&s, Some(Status::Rejected), limit).await, [ids[1].clone()]);
+        assert_eq!(listed(&s, Some(Status::Expired), limit).await, [ids[2].clone()]);
+    }
+    // The quorum completes: the approval leaves the pending list.
+    s.decide(&ids[3], vote("bob", Verdict::Approve, T0)).await.unwrap();
+    assert_eq!(listed(&s, Some(Status::Pending), 1).await, [ids[4].clone(), ids[6].clone()]);
+    assert_eq!(listed(&s, Some(Status::Approved), 1).await, [ids[0].clone(), ids[3].clone()]);
+    // A cursor of a page still works after the approval it names was decided.
+    let p = s.list(&ListQuery { status: Some(Status::Pending), after: None, limit: 1 }).await.unwrap();
+    s.decide(&ids[4], vote("alice", Verdict::Approve, T0)).await.unwrap();
+    let rest = s.list(&ListQuery { status: Some(Status::Pending), after: p.next, limit: 10 }).await.unwrap();
+    assert_eq!(rest.approvals.iter().map(|a| &a.id).collect::<Vec<_>>(), [&ids[6]]);
+    let counts = s.pending_counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 1, "{counts:?}");
+}
+
 async fn ask_reuse_returns_decided<S: ApprovalStore>(s: S) {
     let ask = |now| OpenRequest {
         fingerprint: "ask".into(),
@@ -309,7 +363,12 @@ async fn shutdown_and_purge<S: ApprovalStore>(s: S) {
     let a = s.get(&a.id).await.unwrap().unwrap();
     // Memory stores interrupt pending approvals; shared stores leave them pending.
     assert!(matches!(a.status, Status::Interrupted | Status::Pending), "{:?}", a.status);
+    let still_pending = a.status == Status::Pending;
+    assert_eq!(listed(&s, Some(Status::Pending), 10).await.len(), usize::from(still_pending));
     let n = s.purge(T0.plus(Duration::from_secs(86_400)), Duration::from_secs(3600)).await.unwrap();
     assert!(n >= 1);
     assert!(s.get(&b.id).await.unwrap().is_none());
+    // A purged approval is gone from every listing.
+    assert!(!listed(&s, None, 10).await.contains(&b.id));
+    assert!(listed(&s, Some(Status::Approved), 10).await.is_empty());
 }

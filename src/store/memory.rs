@@ -3,8 +3,12 @@
 //! Every operation takes one short lock, so transitions are atomic. Pending approvals
 //! do not survive a restart; on shutdown they are marked `interrupted` (and audited by
 //! the caller) so that none is silently dropped.
+//!
+//! Listing walks two ordered indexes (every approval, and the pending ones) from the
+//! page's cursor, so a page costs its own length under the lock, not the store's size.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +33,10 @@ struct Inner {
     approvals: HashMap<String, Entry>,
     /// Fingerprint → the newest approval opened with it.
     index: HashMap<String, String>,
+    /// Every approval's list cursor (`created_at.id`, see [`super::cursor`]), in list order.
+    order: BTreeSet<String>,
+    /// The cursors of the pending approvals.
+    pending: BTreeSet<String>,
     /// `claim_once` keys → when they may be claimed again.
     seen: HashMap<String, Timestamp>,
     /// `set_meta` values with their expiry.
@@ -39,6 +47,33 @@ struct Inner {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     waiters: Waiters,
+}
+
+impl Inner {
+    /// Drops `a` from the pending index once it has left `pending`.
+    fn settled(pending: &mut BTreeSet<String>, a: &Approval) {
+        if a.status != Status::Pending {
+            pending.remove(&super::cursor(a));
+        }
+    }
+
+    /// The approvals after cursor `after` in `set`, in list order, that `keep` accepts,
+    /// up to `limit + 1` of them (one more tells whether another page follows).
+    fn walk<'a>(
+        &'a self,
+        set: &'a BTreeSet<String>,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&Approval) -> bool,
+    ) -> Vec<&'a Approval> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        set.range::<str, _>((start, Bound::Unbounded))
+            .filter_map(|c| c.split_once('.').and_then(|(_, id)| self.approvals.get(id)))
+            .map(|e| &e.approval)
+            .filter(|a| keep(a))
+            .take(limit + 1)
+            .collect()
+    }
 }
 
 impl MemoryStore {
@@ -82,6 +117,10 @@ impl ApprovalStore for MemoryStore {
         }
         let a = req.approval;
         g.index.insert(req.fingerprint.clone(), a.id.clone());
+        g.order.insert(super::cursor(&a));
+        if a.status == Status::Pending {
+            g.pending.insert(super::cursor(&a));
+        }
         g.approvals.insert(
             a.id.clone(),
             Entry { approval: a.clone(), request: req.request, fingerprint: req.fingerprint, grant_used: false },
@@ -95,22 +134,21 @@ impl ApprovalStore for MemoryStore {
 
     async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         let g = self.lock();
-        let mut v: Vec<&Approval> = g
-            .approvals
-            .values()
-            .map(|e| &e.approval)
-            .filter(|a| q.status.is_none_or(|s| a.status == s))
-            .filter(|a| q.after.as_ref().is_none_or(|c| super::cursor(a).as_str() > c.as_str()))
-            .collect();
-        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let limit = q.limit.clamp(1, 1000);
+        let after = q.after.as_deref();
+        let v = match q.status {
+            Some(Status::Pending) => g.walk(&g.pending, after, limit, |_| true),
+            Some(s) => g.walk(&g.order, after, limit, |a| a.status == s),
+            None => g.walk(&g.order, after, limit, |_| true),
+        };
         let next = (v.len() > limit).then(|| super::cursor(v[limit - 1]));
         Ok(Page { approvals: v.into_iter().take(limit).cloned().collect(), next })
     }
 
     async fn decide(&self, id: &str, vote: Vote) -> Result<DecideOutcome, StoreError> {
         let outcome = {
-            let mut g = self.lock();
+            let mut guard = self.lock();
+            let g = &mut *guard;
             let Some(e) = g.approvals.get_mut(id) else { return Ok(DecideOutcome::NotFound) };
             let a = &mut e.approval;
             if a.status != Status::Pending {
@@ -126,6 +164,7 @@ impl ApprovalStore for MemoryStore {
                     a.decided_at = Some(vote.now);
                     a.reason = vote.reason;
                     a.decided_via = Some(vote.channel);
+                    Inner::settled(&mut g.pending, a);
                     DecideOutcome::Decided(a.clone())
                 }
                 Verdict::Approve => {
@@ -139,6 +178,7 @@ impl ApprovalStore for MemoryStore {
                         a.decided_at = Some(vote.now);
                         a.reason = vote.reason;
                         a.decided_via = Some(vote.channel);
+                        Inner::settled(&mut g.pending, a);
                         DecideOutcome::Decided(a.clone())
                     } else {
                         DecideOutcome::Counted(a.clone())
@@ -181,12 +221,14 @@ impl ApprovalStore for MemoryStore {
 
     async fn finish(&self, id: &str, how: Finish, now: Timestamp) -> Result<Option<Approval>, StoreError> {
         let done = {
-            let mut g = self.lock();
+            let mut guard = self.lock();
+            let g = &mut *guard;
             match g.approvals.get_mut(id) {
                 Some(e) if e.approval.status == Status::Pending => {
                     e.request = None;
                     e.approval.status = how.status();
                     e.approval.decided_at = Some(now);
+                    Inner::settled(&mut g.pending, &e.approval);
                     Some(e.approval.clone())
                 }
                 _ => None,
@@ -225,8 +267,8 @@ impl ApprovalStore for MemoryStore {
     async fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
         let g = self.lock();
         let mut m = HashMap::new();
-        for e in g.approvals.values().filter(|e| e.approval.status == Status::Pending) {
-            for r in &e.approval.routes {
+        for a in g.walk(&g.pending, None, usize::MAX - 1, |_| true) {
+            for r in &a.routes {
                 *m.entry(r.clone()).or_insert(0) += 1;
             }
         }
@@ -259,7 +301,9 @@ impl ApprovalStore for MemoryStore {
 
     async fn shutdown(&self, now: Timestamp) -> Result<Vec<Approval>, StoreError> {
         let out: Vec<Approval> = {
-            let mut g = self.lock();
+            let mut guard = self.lock();
+            let g = &mut *guard;
+            g.pending.clear();
             g.approvals
                 .values_mut()
                 .filter(|e| e.approval.status == Status::Pending)
@@ -276,15 +320,16 @@ impl ApprovalStore for MemoryStore {
 
     async fn purge(&self, now: Timestamp, retention: Duration) -> Result<usize, StoreError> {
         let mut g = self.lock();
-        let old: Vec<(String, String)> = g
+        let old: Vec<(String, String, String)> = g
             .approvals
             .values()
             .filter(|e| e.approval.status.is_final())
             .filter(|e| now >= e.approval.decided_at.unwrap_or(e.approval.created_at).plus(retention))
-            .map(|e| (e.approval.id.clone(), e.fingerprint.clone()))
+            .map(|e| (e.approval.id.clone(), e.fingerprint.clone(), super::cursor(&e.approval)))
             .collect();
-        for (id, fp) in &old {
+        for (id, fp, cursor) in &old {
             g.approvals.remove(id);
+            g.order.remove(cursor);
             if g.index.get(fp) == Some(id) {
                 g.index.remove(fp);
             }

@@ -130,7 +130,13 @@ impl Finish {
 
 /// The opaque list cursor of an approval: its place in (created_at, id) order.
 pub fn cursor(a: &Approval) -> String {
-    format!("{:016x}.{}", a.created_at.0, a.id)
+    cursor_of(a.created_at, &a.id)
+}
+
+/// The list cursor of the approval `id` created at `created_at`: list order is
+/// the order of these strings.
+pub fn cursor_of(created_at: Timestamp, id: &str) -> String {
+    format!("{:016x}.{}", created_at.0, id)
 }
 
 /// A page of approvals, oldest first.

@@ -710,7 +710,9 @@ impl ApprovalStore for RedisStore {
         let batch = (limit + 1).max(64);
         loop {
             let mut c = self.conn.clone();
-            let ids: Vec<String> = self
+            // Members come with their scores (the creation time), so the ones at or
+            // before the cursor are skipped without reading their records.
+            let members: Vec<(String, f64)> = self
                 .timed(
                     redis::cmd("ZRANGE")
                         .arg(&idx)
@@ -720,11 +722,19 @@ impl ApprovalStore for RedisStore {
                         .arg("LIMIT")
                         .arg(offset)
                         .arg(batch)
+                        .arg("WITHSCORES")
                         .query_async(&mut c),
                 )
                 .await?;
-            let n = ids.len();
+            let n = members.len();
             offset += n;
+            let ids: Vec<String> = members
+                .into_iter()
+                .filter(|(id, score)| {
+                    after.as_ref().is_none_or(|c| super::cursor_of(Timestamp(*score as u64), id).as_str() > c.as_str())
+                })
+                .map(|(id, _)| id)
+                .collect();
             let found = self.read_many(&ids).await?;
             let mut stale = Vec::new();
             for (id, a) in ids.iter().zip(found) {

@@ -429,6 +429,12 @@ def cargo_target_paths() -> list[str]:
     for kind, default_dir in (("test", "tests"), ("bench", "benches"), ("example", "examples"), ("bin", "src/bin")):
         for t in manifest.get(kind, []):
             out.append(t.get("path") or f"{default_dir}/{t['name']}.rs")
+    # The build script: `package.build`, or build.rs at the root, which cargo finds itself.
+    script = manifest.get("package", {}).get("build")
+    if script is None and (REPO_ROOT / "build.rs").is_file():
+        script = "build.rs"
+    if isinstance(script, str):
+        out.append(script)
     if not (REPO_ROOT / "src" / "lib.rs").exists():
         out.remove("src/lib.rs")
     return out

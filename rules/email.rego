@@ -65,10 +65,7 @@ email_list_domains := data.email.list_domains if {
 
 email_providers := ["sendgrid", "postmark", "mailgun", "ses"]
 
-email_request if {
-	some p in email_providers
-	p in http_providers
-}
+email_request if count(http_providers & {"sendgrid", "postmark", "mailgun", "ses"}) > 0
 
 email_allow contains {
 	"id": "email.read",
@@ -210,25 +207,27 @@ email_recipient_count := count(email_recipients)
 
 # --- list addresses ---------------------------------------------------------
 
+# The list settings in the form they are matched in, once per decision
+# (entries that are not strings are ignored).
+email_list_prefixes_lower := [lower(p) | some p in email_list_prefixes; is_string(p)]
+
+email_list_addresses_lower := {lower(x) | some x in email_list_addresses; is_string(x)}
+
+email_list_suffixes := [concat("", ["@", lower(trim_prefix(d, "@"))]) | some d in email_list_domains; is_string(d)]
+
 email_list_hit contains a if {
 	some a in email_recipients
-	some p in email_list_prefixes
-	is_string(p)
-	startswith(a, lower(p))
+	strings.any_prefix_match(a, email_list_prefixes_lower)
 }
 
 email_list_hit contains a if {
 	some a in email_recipients
-	some x in email_list_addresses
-	is_string(x)
-	a == lower(x)
+	a in email_list_addresses_lower
 }
 
 email_list_hit contains a if {
 	some a in email_recipients
-	some d in email_list_domains
-	is_string(d)
-	endswith(a, concat("", ["@", lower(trim_prefix(d, "@"))]))
+	strings.any_suffix_match(a, email_list_suffixes)
 }
 
 email_list_hits := sort([a | some a in email_list_hit])

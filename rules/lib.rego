@@ -59,7 +59,9 @@ http_path := urlquery.decode(replace(input.request.path, "+", "%2B")) if {
 http_segments := [s | some s in split(http_path, "/"); s != ""]
 
 # The same segments lower-cased, for matching fixed path words.
-http_lsegments := [lower(s) | some s in http_segments]
+http_lsegments := split(lower(concat("/", http_segments)), "/") if {
+	count(http_segments) > 0
+} else := []
 
 # The parsed body when it is a JSON object or a form; undefined otherwise.
 http_body := input.request.parsed_body if {
@@ -98,9 +100,9 @@ http_providers contains p if {
 	http_request
 	is_string(input.upstream)
 	is_object(data.providers)
-	some p, upstreams in data.providers
-	is_array(upstreams)
-	input.upstream in upstreams
+	some p
+	input.upstream in data.providers[p]
+	is_array(data.providers[p])
 }
 
 http_providers contains input.upstream if {
@@ -122,18 +124,14 @@ whole_number(v) := v if {
 	is_number(v)
 	v >= 0
 	v == floor(v)
-}
-
-# Leading zeros are dropped first: to_number("0007") is an error (it reads
-# JSON numbers).
-whole_number(v) := to_number(trim_left(v, "0")) if {
+} else := to_number(trim_left(v, "0")) if {
+	# Leading zeros are dropped first: to_number("0007") is an error (it
+	# reads JSON numbers).
 	is_string(v)
 	count(v) <= 15
 	trim_left(v, "0123456789") == ""
 	trim_left(v, "0") != ""
-}
-
-whole_number(v) := 0 if {
+} else := 0 if {
 	is_string(v)
 	v != ""
 	count(v) <= 15

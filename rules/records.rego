@@ -43,10 +43,7 @@ records_hubspot_max := v if {
 	not_whole_number(data.records.hubspot.max_records)
 } else := 10
 
-records_request if {
-	some p in ["salesforce", "hubspot", "postgrest"]
-	p in http_providers
-}
+records_request if count(http_providers & {"salesforce", "hubspot", "postgrest"}) > 0
 
 records_allow contains {
 	"id": "records.read",

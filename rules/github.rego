@@ -89,16 +89,15 @@ github_protected(branch) if glob_any(github_protected_branches, branch)
 github_allowlisted(repo) if glob_any(github_merge_allowlist, repo)
 
 # JSON booleans and numbers as summary text.
-github_text(v) := v if is_string(v)
-
-github_text(v) := sprintf("%v", [v]) if {
-	not is_string(v)
+github_text(v) := v if {
+	is_string(v)
+} else := sprintf("%v", [v]) if {
 	not is_null(v)
 	not is_object(v)
 	not is_array(v)
 }
 
-github_fields(keys) := {k: github_text(http_object[k]) | some k in keys; github_text(http_object[k])}
+github_fields(keys) := {k: t | some k in keys; t = github_text(http_object[k])}
 
 # --- merging ----------------------------------------------------------------
 

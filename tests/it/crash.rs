@@ -240,3 +240,42 @@ async fn serves_everything_with(workers: usize) {
     let (code, out, err) = run_bin(&["audit", "verify", dir.path().join("audit").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Logs written to a file or a pipe are plain text: no terminal colour codes for a
+/// collector to trip over, in either log format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_file_carry_no_colour_codes() {
+    let up = FakeUpstream::start(None).await;
+    for format in ["text", "json"] {
+        let ServeDir { dir, config, agent, control } = serve_dir(&up, "", "");
+        let log = dir.path().join("serve.log");
+        let mut child = Command::new(bin())
+            .args(["serve", "--config", config.to_str().unwrap(), "--log-format", format])
+            .env("AGENT_TOKEN", AGENT_TOKEN)
+            .env("ALICE_TOKEN", ALICE)
+            .env("STRIPE_AUTH", UPSTREAM_SECRET)
+            .env("APPROVALPLANE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_healthy(&control).await;
+        // One held refund: its approval is logged, then the shutdown answers it.
+        let held = tokio::spawn(async move { try_refund(&agent, 60_000).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pending = format!("{control}/v1/admin/approvals?status=pending");
+        let auth = format!("Bearer {ALICE}");
+        while call("GET", &pending, &[("authorization", &auth)], "").await.json()["approvals"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+        {
+            assert!(Instant::now() < deadline, "the refund was not held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sigterm(&mut child);
+        let _ = held.await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("listening") && text.contains("approval requested"), "{format}: {text}");
+        assert!(!text.contains('\u{1b}'), "{format}: colour codes in a log file:\n{text}");
+    }
+}

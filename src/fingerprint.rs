@@ -61,21 +61,21 @@ pub fn http(
     fp.finish()
 }
 
-/// The fingerprint of a `request_approval` call: agent, action and canonical payload,
-/// or agent and `Idempotency-Key` when one is given.
-pub fn api(agent: &str, action: &str, canonical_payload: &str, idempotency_key: Option<&str>) -> String {
-    match idempotency_key {
-        Some(k) => {
-            let mut fp = Fp::new("api-key");
-            fp.field(agent.as_bytes()).field(k.as_bytes());
-            fp.finish()
-        }
-        None => {
-            let mut fp = Fp::new("api");
-            fp.field(agent.as_bytes()).field(action.as_bytes()).field(canonical_payload.as_bytes());
-            fp.finish()
-        }
-    }
+/// The fingerprint of a `request_approval` call: agent, action and canonical
+/// payload. An `Idempotency-Key` never separates two calls (INTERFACE.md §3); it
+/// is remembered on its own ([`api_key`]) to refuse its reuse with other bytes.
+pub fn api(agent: &str, action: &str, canonical_payload: &str) -> String {
+    let mut fp = Fp::new("api");
+    fp.field(agent.as_bytes()).field(action.as_bytes()).field(canonical_payload.as_bytes());
+    fp.finish()
+}
+
+/// Where an agent's `Idempotency-Key` is remembered: a digest, so neither the key's
+/// text nor its length reaches the store.
+pub fn api_key(agent: &str, idempotency_key: &str) -> String {
+    let mut fp = Fp::new("api-key");
+    fp.field(agent.as_bytes()).field(idempotency_key.as_bytes());
+    fp.finish()
 }
 
 /// The fingerprint of a gated MCP tool call.

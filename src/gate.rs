@@ -448,10 +448,10 @@ impl Gate {
             }
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
-                    return Err(Refusal::PolicyDenied {
-                        rule: "policy.error".into(),
-                        reason: "no approval plan".into(),
-                    });
+                    // Unreachable by the combiner's contract; recorded and refused.
+                    let v = crate::policy::Verdict::error("require_approval without an approval plan");
+                    let f = Box::pin(self.refuse_denied(&subject, &a.request_id, v, None));
+                    return Err(f.await);
                 };
                 let fp = fingerprint::http(
                     &a.agent,
@@ -475,7 +475,8 @@ impl Gate {
                 };
                 // Boxed: the held path's futures are allocated only by requests that
                 // take it, and a parked request's task stays small.
-                let f = Box::pin(self.open(open, &subject, &a.request_id, &verdict.reason, None));
+                let f =
+                    Box::pin(self.open(open, &subject, &a.request_id, &verdict.acting_reason, verdict.matched, None));
                 let approval = f.await?;
                 // A held request waits for minutes: it keeps its approval's id and
                 // nothing else (the store has the approval and the request bytes).
@@ -541,7 +542,7 @@ impl Gate {
             audit_failed(&e, "decision");
             self.record_later(ev);
         }
-        Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason }
+        Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.acting_reason }
     }
 
     /// Opens (creates or attaches to) an approval and records it.
@@ -551,6 +552,7 @@ impl Gate {
         subject: &Subject,
         request_id: &str,
         reason: &str,
+        matched: Decision,
         payload_json: Option<String>,
     ) -> Result<Approval, Refusal> {
         let opened = self.store.open(open).await.map_err(|e| {
@@ -584,7 +586,7 @@ impl Gate {
             subject,
             request_id,
             Decision::RequireApproval,
-            Decision::RequireApproval,
+            matched,
             reason,
             Some(&approval.id),
             None,
@@ -598,8 +600,23 @@ impl Gate {
                     routes: approval.routes.clone(),
                     risk: approval.risk.as_str().to_string(),
                     risk_reason: approval.risk_reason.clone(),
-                    summary: approval.summary.clone(),
-                    justification: approval.justification.clone(),
+                    // Free text from the agent and the rules: credential-looking
+                    // words are masked here as on the cards.
+                    summary: approval
+                        .summary
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = match v {
+                                Value::String(t) => Value::String(crate::redact::mask_credentials(t).into_owned()),
+                                other => other.clone(),
+                            };
+                            (k.clone(), v)
+                        })
+                        .collect(),
+                    justification: approval
+                        .justification
+                        .as_deref()
+                        .map(|j| crate::redact::mask_credentials(j).into_owned()),
                     quorum: approval.quorum,
                     expires_at: approval.expires_at.rfc3339(),
                     escalate_at: approval.escalate_at.map(|t| t.rfc3339()),
@@ -846,6 +863,29 @@ impl Gate {
     // The request_approval entrance.
     // ---------------------------------------------------------------------
 
+    /// Ties an agent's `Idempotency-Key` to the call it first came with: the same
+    /// key with another action or payload is refused (`idempotency_conflict`). The
+    /// key is kept as long as the call's approval may be pending or its grant used.
+    async fn remember_idempotency_key(
+        &self,
+        agent: &str,
+        key: &str,
+        fp: &str,
+        ttl: Duration,
+        now: crate::clock::Timestamp,
+    ) -> Result<(), Refusal> {
+        let meta = format!("idem:{}", fingerprint::api_key(agent, key));
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "store unavailable: refusing");
+            Refusal::StoreUnavailable
+        };
+        match self.store.get_meta(&meta, now).await.map_err(unavailable)? {
+            Some(first) if first == fp => Ok(()),
+            Some(_) => Err(Refusal::IdempotencyConflict),
+            None => self.store.set_meta(&meta, fp, ttl, now).await.map_err(unavailable),
+        }
+    }
+
     /// Decides on a `request_approval` call. Allowed calls come back approved at
     /// once (decided by the rule); denied ones as a refusal; the rest are held up to
     /// `wait` and come back with their current status.
@@ -883,7 +923,12 @@ impl Gate {
             upstream: None,
             target: None,
         };
-        let fp = fingerprint::api(&a.agent, &a.action, &canonical_payload, a.idempotency_key.as_deref());
+        let fp = fingerprint::api(&a.agent, &a.action, &canonical_payload);
+        if let Some(key) = &a.idempotency_key {
+            let lifetime = verdict.plan.as_ref().and_then(|p| p.expires_after).unwrap_or_default();
+            let ttl = lifetime.max(self.settings.default_expires_after) + self.settings.grant_ttl;
+            self.remember_idempotency_key(&a.agent, key, &fp, ttl, now).await?;
+        }
         let reuse = Reuse::Ask { grant_ttl: self.settings.grant_ttl };
         match verdict.decision {
             Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_payload)).await),
@@ -892,7 +937,7 @@ impl Gate {
                 let plan = ApprovalPlan {
                     routes: Vec::new(),
                     risk: a.risk.unwrap_or(Risk::Low),
-                    risk_reason: verdict.reason.clone(),
+                    risk_reason: verdict.acting_reason.clone(),
                     action: None,
                     summary: Default::default(),
                     escalate_after: None,
@@ -905,7 +950,7 @@ impl Gate {
                 ap.decided_by = Some("policy".into());
                 ap.decided_at = Some(now);
                 ap.decided_via = Some(Channel::Rule);
-                ap.reason = Some(verdict.reason.clone());
+                ap.reason = Some(verdict.acting_reason.clone());
                 let open = OpenRequest { fingerprint: fp, approval: ap, request: None, reuse, now };
                 let opened = self.store.open(open).await.map_err(|_| Refusal::StoreUnavailable)?;
                 let (ap, created) = match opened {
@@ -956,10 +1001,8 @@ impl Gate {
             }
             Decision::RequireApproval => {
                 let Some(mut plan) = verdict.plan.clone() else {
-                    return Err(Refusal::PolicyDenied {
-                        rule: "policy.error".into(),
-                        reason: "no approval plan".into(),
-                    });
+                    let v = crate::policy::Verdict::error("require_approval without an approval plan");
+                    return Err(self.refuse_denied(&subject, &a.request_id, v, Some(canonical_payload)).await);
                 };
                 // The agent's own risk estimate can raise the risk, never lower it.
                 if let Some(r) = a.risk {
@@ -971,7 +1014,16 @@ impl Gate {
                 }
                 let candidate = self.new_approval(&fp, Entrance::Api, &subject, &plan, a.justification.clone(), now);
                 let open = OpenRequest { fingerprint: fp, approval: candidate, request: None, reuse, now };
-                let ap = self.open(open, &subject, &a.request_id, &verdict.reason, Some(canonical_payload)).await?;
+                let ap = self
+                    .open(
+                        open,
+                        &subject,
+                        &a.request_id,
+                        &verdict.acting_reason,
+                        verdict.matched,
+                        Some(canonical_payload),
+                    )
+                    .await?;
                 if ap.status != Status::Pending || a.wait.is_zero() {
                     return Ok(ap);
                 }
@@ -1031,10 +1083,8 @@ impl Gate {
             Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_args)).await),
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
-                    return Err(Refusal::PolicyDenied {
-                        rule: "policy.error".into(),
-                        reason: "no approval plan".into(),
-                    });
+                    let v = crate::policy::Verdict::error("require_approval without an approval plan");
+                    return Err(self.refuse_denied(&subject, &a.request_id, v, Some(canonical_args)).await);
                 };
                 let fp = fingerprint::mcp(&a.agent, &a.server, &a.tool, &canonical_args);
                 let candidate = self.new_approval(&fp, Entrance::Mcp, &subject, &plan, a.justification.clone(), now);
@@ -1055,7 +1105,9 @@ impl Gate {
                     },
                     now,
                 };
-                let approval = self.open(open, &subject, &a.request_id, &verdict.reason, Some(canonical_args)).await?;
+                let approval = self
+                    .open(open, &subject, &a.request_id, &verdict.acting_reason, verdict.matched, Some(canonical_args))
+                    .await?;
                 Ok(McpDecision::Held(approval))
             }
         }

@@ -70,7 +70,14 @@ pub struct Verdict {
     pub rule_ids: Vec<String>,
     /// The first reason behind `matched`.
     pub reason: String,
-    /// The merged approval request, when `matched` is `RequireApproval`.
+    /// The enforced elements behind `decision` (what the gate acts on): the ids a
+    /// refusal names and the reason it gives. Shadowed elements never appear here;
+    /// with none enforced, `policy.default` (or `policy.error`).
+    pub acting_rule_ids: Vec<String>,
+    pub acting_reason: String,
+    /// The merged approval request: from the enforced approval elements when
+    /// `decision` is `RequireApproval` (always set then), or from every approval
+    /// element when only shadowed ones asked (what would have been asked).
     pub plan: Option<ApprovalPlan>,
     /// Set when evaluation or an element failed; the decision is then deny.
     pub error: Option<String>,
@@ -89,14 +96,17 @@ impl Verdict {
             matched: Decision::Deny,
             rule_ids: vec![ERROR_RULE.to_string()],
             reason: format!("policy error: {msg}"),
+            acting_rule_ids: vec![ERROR_RULE.to_string()],
+            acting_reason: format!("policy error: {msg}"),
             plan: None,
             error: Some(msg),
         }
     }
 
-    /// The rule to name in a `policy_denied` refusal.
+    /// The rule to name in a `policy_denied` refusal: an enforced deny, never a
+    /// shadowed one.
     pub fn deny_rule(&self) -> &str {
-        self.rule_ids.first().map(String::as_str).unwrap_or(DEFAULT_RULE)
+        self.acting_rule_ids.first().map(String::as_str).unwrap_or(DEFAULT_RULE)
     }
 }
 
@@ -279,24 +289,36 @@ fn try_combine(
     } else {
         (behind.iter().map(|e| e.id.to_string()).collect(), behind[0].reason.to_string())
     };
-    // The plan used to hold counts only enforced elements, unless every approval is
-    // shadowed (then it describes what would have been asked).
-    let plan = match matched {
-        Decision::RequireApproval => {
-            let enforced: Vec<_> = approval.iter().filter(|e| !e.shadow).collect();
-            if decision == Decision::RequireApproval && enforced.len() != approval.len() {
-                let owned: Vec<Elem<'_>> = enforced
-                    .into_iter()
-                    .map(|e| Elem { id: e.id, reason: e.reason, shadow: e.shadow, obj: e.obj })
-                    .collect();
-                Some(plan(&owned, known_routes)?)
-            } else {
-                all_plan
-            }
-        }
-        _ => None,
+    // What the gate acts on: the enforced elements of the decided set. Under
+    // `policy.mode = "shadow"` the decision is always allow, whatever matched.
+    let acting: Vec<&Elem<'_>> = match (mode, decision) {
+        (PolicyMode::Shadow, _) => Vec::new(),
+        (_, Decision::Deny) => deny.iter().filter(|e| !e.shadow).collect(),
+        (_, Decision::RequireApproval) => approval.iter().filter(|e| !e.shadow).collect(),
+        (_, Decision::Allow) => allow.iter().filter(|e| !e.shadow).collect(),
     };
-    Ok(Verdict { decision, matched, rule_ids, reason, plan, error: None })
+    let (acting_rule_ids, acting_reason) = match acting.first() {
+        Some(first) => (acting.iter().map(|e| e.id.to_string()).collect(), first.reason.to_string()),
+        None if mode == PolicyMode::Shadow => (rule_ids.clone(), reason.clone()),
+        None => (vec![DEFAULT_RULE.to_string()], format!("no rule matched; policy.default is {}", decision.as_str())),
+    };
+    // The plan used to hold counts only enforced elements, whatever else matched (a
+    // shadowed deny next to an enforced approval still holds). When every approval
+    // is shadowed, the plan describes what would have been asked.
+    let plan = if decision == Decision::RequireApproval {
+        if acting.len() == approval.len() {
+            all_plan
+        } else {
+            let owned: Vec<Elem<'_>> =
+                acting.iter().map(|e| Elem { id: e.id, reason: e.reason, shadow: e.shadow, obj: e.obj }).collect();
+            Some(plan(&owned, known_routes)?)
+        }
+    } else if matched == Decision::RequireApproval {
+        all_plan
+    } else {
+        None
+    };
+    Ok(Verdict { decision, matched, rule_ids, reason, acting_rule_ids, acting_reason, plan, error: None })
 }
 
 #[cfg(test)]
@@ -419,5 +441,46 @@ mod tests {
             &routes(),
         );
         assert_eq!((v.decision, v.matched), (Decision::Allow, Decision::Deny));
+    }
+
+    /// A shadowed deny never turns an enforced approval into a deny, and the
+    /// approval is planned from the enforced elements with their reason.
+    #[test]
+    fn shadowed_deny_beside_an_enforced_approval_holds() {
+        let v = run(RuleSets {
+            deny: vec![json!({"id": "sd", "reason": "would deny", "mode": "shadow"})],
+            approval: vec![
+                appr("p", json!({"risk": "high"})),
+                appr("sp", json!({"mode": "shadow", "route": "eng-oncall"})),
+            ],
+            ..Default::default()
+        });
+        assert_eq!((v.decision, v.matched), (Decision::RequireApproval, Decision::Deny));
+        assert_eq!(v.rule_ids, ["sd"], "the record names what the rules asked for");
+        assert_eq!(v.acting_rule_ids, ["p"]);
+        assert_eq!(v.acting_reason, "reason p");
+        let plan = v.plan.expect("a plan whenever the decision holds");
+        assert_eq!(plan.routes, ["finance-oncall"], "shadowed approvals choose no route");
+        assert_eq!(plan.rule_ids, ["p"]);
+    }
+
+    /// A refusal names the enforced rule that denied, or `policy.default`; never a
+    /// shadowed element.
+    #[test]
+    fn refusals_never_name_a_shadowed_element() {
+        let v = run(RuleSets {
+            deny: vec![
+                json!({"id": "sd", "reason": "would deny", "mode": "shadow"}),
+                json!({"id": "d", "reason": "no"}),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(v.decision, Decision::Deny);
+        assert_eq!((v.deny_rule(), v.acting_reason.as_str()), ("d", "no"));
+        let v = run(RuleSets { approval: vec![appr("sp", json!({"mode": "shadow"}))], ..Default::default() });
+        assert_eq!((v.decision, v.matched), (Decision::Deny, Decision::RequireApproval));
+        assert_eq!(v.deny_rule(), DEFAULT_RULE);
+        assert_eq!(v.acting_reason, "no rule matched; policy.default is deny");
+        assert_eq!(v.plan.map(|p| p.rule_ids), Some(vec!["sp".to_string()]), "what would have been asked");
     }
 }

@@ -237,3 +237,53 @@ async fn two_held_connections_share_one_approval_and_one_forward() {
     assert_eq!(kinds, ["approval_used", "forwarded"]);
     assert_eq!(up.count(), 1);
 }
+
+/// A shadowed deny beside an enforced approval: the request is held (never denied),
+/// the approval gives the approval rule's reason, and the decision is recorded with
+/// what the rules asked for.
+#[tokio::test]
+async fn a_shadowed_deny_beside_an_enforced_approval_holds() {
+    let up = FakeUpstream::start(None).await;
+    let mut o = Options::new(&up);
+    o.rules.push((
+        "shadow.rego",
+        r#"package approvalplane
+
+deny contains {"id": "refund.freeze", "reason": "would freeze refunds", "mode": "shadow"} if {
+    input.request.path == "/v1/refunds"
+}
+"#
+        .to_string(),
+    ));
+    let app = TestApp::start(o).await;
+    let r = app.refund(240000, &[("prefer", "wait=0")]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_type(), "approval_pending");
+    let p = app.wait_pending(1).await;
+    assert_eq!(p[0]["rule_ids"], serde_json::json!(["stripe.refund.large"]));
+    let decision = app.records().into_iter().find(|r| r["kind"] == "decision").expect("a decision record");
+    assert_eq!(decision["decision"], "require_approval");
+    assert_eq!(decision["matched"], "deny");
+    assert_eq!(decision["shadow"], true);
+    assert_eq!(up.count(), 0);
+}
+
+/// Credential-looking words in the agent's justification are masked in the audit
+/// record, as on the cards.
+#[tokio::test]
+async fn credentials_in_a_justification_never_reach_the_audit_log() {
+    let up = FakeUpstream::start(None).await;
+    let app = TestApp::start(Options::new(&up)).await;
+    let secret = "sk_live_abcdefghijklmnopq";
+    let why = format!("the key is {secret}, please refund");
+    let r = app.refund(240000, &[("prefer", "wait=0"), ("x-approval-justification", &why)]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let records = app.records();
+    let requested = records.iter().find(|r| r["kind"] == "approval_requested").expect("approval_requested");
+    assert_eq!(requested["justification"], "the key is [redacted] please refund");
+    let text = std::fs::read_dir(app.audit_dir())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(!text.contains(secret), "the credential reached the audit log");
+}

@@ -148,7 +148,9 @@ pub async fn handle(gate: &Arc<Gate>, req: Request<Incoming>, name: &str) -> Res
     if parts.method != Method::POST {
         return relay_other(gate, &server, &parts.method, &post, &agent).await;
     }
-    let v: Value = match serde_json::from_slice(&post.body) {
+    // Strict: with a duplicate key, the policy and the server could read
+    // different values.
+    let v: Value = match crate::policy::json::parse_strict(&post.body) {
         Ok(v) => v,
         Err(e) => {
             let e = RpcError::new(protocol::PARSE_ERROR, format!("parse error: {e}"));

@@ -316,7 +316,9 @@ async fn serve_post(
     agent: &str,
     server: ApprovalServer,
 ) -> Response<Body> {
-    let v: Value = match serde_json::from_slice(bytes) {
+    // Strict: with a duplicate key, the policy and the server could read
+    // different values.
+    let v: Value = match crate::policy::json::parse_strict(bytes) {
         Ok(v) => v,
         Err(e) => {
             return rpc_error_response(

@@ -97,6 +97,9 @@ async fn malformed_json_rpc_gets_an_error_and_changes_nothing() {
             "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]",
             "{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"x\"}",
             "42",
+            // A duplicate key: the policy and the server could read different values.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","arguments":{"amount":5000,"amount":5}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
         ] {
             let r = call("POST", &url, &[("authorization", &auth), ("content-type", "application/json")], body).await;
             assert_eq!(r.status, 400, "{path} {body}: {}", r.text());

@@ -54,7 +54,8 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// Parses the body under its declared content type.
 pub fn parse_body(headers: &[(String, String)], body: &[u8]) -> Result<Value, InputError> {
-    if let Some(enc) = header(headers, "content-encoding") {
+    // Every Content-Encoding line counts: the upstream applies them all.
+    for enc in headers.iter().filter(|(k, _)| k == "content-encoding").map(|(_, v)| v.as_str()) {
         if !enc.trim().eq_ignore_ascii_case("identity") && !enc.trim().is_empty() {
             return Err(InputError::Body(format!(
                 "Content-Encoding {enc:?} is not accepted: send the body uncompressed so the policy can read it"
@@ -67,6 +68,10 @@ pub fn parse_body(headers: &[(String, String)], body: &[u8]) -> Result<Value, In
     let Some(ct) = header(headers, "content-type") else {
         return Ok(Value::Null);
     };
+    // Two declared types: the policy and the upstream could read the body differently.
+    if headers.iter().filter(|(k, _)| k == "content-type").count() > 1 {
+        return Err(InputError::Body("Content-Type is sent more than once: send one".to_string()));
+    }
     let mut parts = ct.split(';');
     let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     let charset_ok = parts.all(|p| {
@@ -350,8 +355,13 @@ mod tests {
         let json_ct = h(&[("content-type", "application/json; charset=utf-8")]);
         let gz = h(&[("content-type", "application/json"), ("content-encoding", "gzip")]);
         let latin = h(&[("content-type", "application/json; charset=latin1")]);
+        let gz_second =
+            h(&[("content-type", "application/json"), ("content-encoding", "identity"), ("content-encoding", "gzip")]);
+        let two_types = h(&[("content-type", "text/plain"), ("content-type", "application/json")]);
         type Case<'a> = (&'a [(String, String)], &'a [u8]);
-        let bad: [Case; 5] = [
+        let bad: [Case; 7] = [
+            (&gz_second, b"{}"),
+            (&two_types, br#"{"a":1,"a":2}"#),
             (&form, b"amount=100&amount=999999"),
             (&json_ct, br#"{"amount":100,"amount":999999}"#),
             (&json_ct, b"{not json"),

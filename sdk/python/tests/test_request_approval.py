@@ -169,6 +169,22 @@ def test_idempotency_key(server: Server, unique: str) -> None:
     assert info.value.error_type == "idempotency_conflict"
 
 
+def test_idempotency_key_is_bound_to_action_and_payload(server: Server, unique: str) -> None:
+    key = f"idem-action-{unique}"
+    payload = {"amount": 1, "order": unique}
+    with ApprovalPlane(server.url, server.token) as client:
+        a = client.request_approval("issue_refund", payload, timeout=0, idempotency_key=key)
+        # Another action under the same key is refused, never answered with the
+        # first call's approval.
+        with pytest.raises(Conflict) as info:
+            client.request_approval("cancel_subscription", payload, timeout=0, idempotency_key=key)
+        assert info.value.error_type == "idempotency_conflict"
+        # The same call under another key (or none) is the same action: one approval.
+        b = client.request_approval("issue_refund", payload, timeout=0, idempotency_key=f"{key}-other")
+        c = client.request_approval("issue_refund", payload, timeout=0)
+    assert a.pending and b.approval_id == a.approval_id and c.approval_id == a.approval_id
+
+
 def test_policy_denial_is_a_decision(server: Server, unique: str) -> None:
     d = request_approval("drop_database", {"db": unique}, base_url=server.url, token=server.token)
     assert d.approved is False

@@ -2,8 +2,9 @@
 #
 # Every provider file builds on these. They only ever read `input` and
 # `data`, guard every type before calling a builtin, and stay undefined
-# (never raise an error) for inputs that are not proxied HTTP calls, so
-# `kind: "api"` and `kind: "mcp"` inputs evaluate cleanly to empty sets.
+# (never raise an error) for inputs that are not proxied HTTP calls: no
+# provider rule matches a `kind: "api"` or `kind: "mcp"` input (asked.rego
+# handles `kind: "api"`, the request_approval calls).
 #
 # No regular expressions on the request path: string builtins (trim,
 # split, strings.replace_n) do the same work for less. regorus keeps the

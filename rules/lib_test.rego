@@ -167,8 +167,9 @@ test_upstream_mapping_defaults_to_provider_name if {
 		with data.providers as {}
 }
 
-# Inputs that are not proxied HTTP calls produce no element and no error.
-test_api_kind_input_matches_nothing if {
+# Inputs that are not proxied HTTP calls match no provider rule and raise no
+# error; request_approval calls (kind "api") are asked.rego's alone.
+test_api_kind_input_matches_only_asked if {
 	inp := {
 		"kind": "api",
 		"agent": {"id": "test-agent"},
@@ -179,8 +180,9 @@ test_api_kind_input_matches_nothing if {
 		"now": "2026-11-23T20:36:33Z",
 	}
 	count(denies(inp)) == 0
-	count(approvals(inp)) == 0
+	approval_ids(inp) == {"asked.request_approval"}
 	count(allows(inp)) == 0
+	not data.approvalplane.http_request with input as inp
 }
 
 test_mcp_kind_input_matches_nothing if {

@@ -26,6 +26,7 @@ pub const SHIPPED_RULES: &[(&str, &str)] = &[
     ("email.rego", include_str!("../rules/email.rego")),
     ("records.rego", include_str!("../rules/records.rego")),
     ("generic.rego", include_str!("../rules/generic.rego")),
+    ("asked.rego", include_str!("../rules/asked.rego")),
     ("data.json", include_str!("../rules/data.json")),
 ];
 

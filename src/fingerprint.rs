@@ -63,18 +63,19 @@ pub fn http(
 
 /// The fingerprint of a `request_approval` call: agent, action and canonical
 /// payload. An `Idempotency-Key` never separates two calls (INTERFACE.md §3); it
-/// is remembered on its own ([`api_key`]) to refuse its reuse with other bytes.
+/// is remembered on its own ([`idempotency_key`]) to refuse its reuse with other bytes.
 pub fn api(agent: &str, action: &str, canonical_payload: &str) -> String {
     let mut fp = Fp::new("api");
     fp.field(agent.as_bytes()).field(action.as_bytes()).field(canonical_payload.as_bytes());
     fp.finish()
 }
 
-/// Where an agent's `Idempotency-Key` is remembered: a digest, so neither the key's
-/// text nor its length reaches the store.
-pub fn api_key(agent: &str, idempotency_key: &str) -> String {
-    let mut fp = Fp::new("api-key");
-    fp.field(agent.as_bytes()).field(idempotency_key.as_bytes());
+/// Where an `Idempotency-Key` is remembered within its scope (the agent, and the
+/// upstream for proxied requests): a digest, so neither the key's text nor its
+/// length reaches the store.
+pub fn idempotency_key(scope: &str, idempotency_key: &str) -> String {
+    let mut fp = Fp::new("idempotency-key");
+    fp.field(scope.as_bytes()).field(idempotency_key.as_bytes());
     fp.finish()
 }
 

@@ -461,6 +461,14 @@ impl Gate {
                     &a.req.headers,
                     &a.req.body,
                 );
+                // An Idempotency-Key never separates two requests, but reusing one
+                // with other bytes is refused while its approval may be used.
+                if let Some((_, key)) = a.req.headers.iter().find(|(k, _)| k == "idempotency-key") {
+                    let lifetime = plan.expires_after.unwrap_or_default().max(self.settings.default_expires_after);
+                    let scope = format!("http\0{}\0{}", a.agent, a.req.upstream);
+                    let ttl = lifetime + self.settings.grant_ttl;
+                    Box::pin(self.remember_idempotency_key(&scope, key, &fp, ttl, now)).await?;
+                }
                 let candidate = self.new_approval(&fp, Entrance::Http, &subject, &plan, a.justification.clone(), now);
                 let open = OpenRequest {
                     fingerprint: fp,
@@ -863,18 +871,19 @@ impl Gate {
     // The request_approval entrance.
     // ---------------------------------------------------------------------
 
-    /// Ties an agent's `Idempotency-Key` to the call it first came with: the same
-    /// key with another action or payload is refused (`idempotency_conflict`). The
-    /// key is kept as long as the call's approval may be pending or its grant used.
+    /// Ties an `Idempotency-Key` (within `scope`: the agent, and the upstream for
+    /// proxied requests) to the request it first came with: the same key with other
+    /// bytes is refused (`idempotency_conflict`). The key is kept as long as the
+    /// request's approval may be pending or its grant used.
     async fn remember_idempotency_key(
         &self,
-        agent: &str,
+        scope: &str,
         key: &str,
         fp: &str,
         ttl: Duration,
         now: crate::clock::Timestamp,
     ) -> Result<(), Refusal> {
-        let meta = format!("idem:{}", fingerprint::api_key(agent, key));
+        let meta = format!("idem:{}", fingerprint::idempotency_key(scope, key));
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "store unavailable: refusing");
             Refusal::StoreUnavailable

@@ -287,3 +287,21 @@ async fn credentials_in_a_justification_never_reach_the_audit_log() {
         .collect::<String>();
     assert!(!text.contains(secret), "the credential reached the audit log");
 }
+
+/// An Idempotency-Key on a held request: reused with other bytes it is refused
+/// (`idempotency_conflict`); another key on the same bytes attaches to the same
+/// approval.
+#[tokio::test]
+async fn an_idempotency_key_reused_with_other_bytes_is_refused() {
+    let up = FakeUpstream::start(None).await;
+    let app = TestApp::start(Options::new(&up)).await;
+    let r = app.refund(240000, &[("prefer", "wait=0"), ("idempotency-key", "k-1")]).await;
+    assert_eq!(r.error_type(), "approval_pending", "{}", r.text());
+    let r = app.refund(250000, &[("prefer", "wait=0"), ("idempotency-key", "k-1")]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_type(), "idempotency_conflict");
+    let r = app.refund(240000, &[("prefer", "wait=0"), ("idempotency-key", "k-2")]).await;
+    assert_eq!(r.error_type(), "approval_pending");
+    assert_eq!(app.pending().await.len(), 1, "one approval for one action");
+    assert_eq!(up.count(), 0);
+}

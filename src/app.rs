@@ -24,6 +24,7 @@ use crate::gate::{token_digest, Gate, Live, Settings};
 use crate::metrics::Metrics;
 use crate::notify::{GateRef, LogNotifier, Notifiers, PhoneDeps, Retry};
 use crate::policy::{PolicyBundle, PolicyError};
+use crate::reload::LiveSecrets;
 use crate::slack::{Slack, SlackSetupError};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
@@ -130,6 +131,9 @@ pub struct App {
     pub config: Config,
     /// Present when `[slack]` is configured.
     pub slack: Option<Slack>,
+    /// The config and secrets that components read at each use; replaced by a
+    /// successful reload.
+    pub secrets: LiveSecrets,
 }
 
 impl App {
@@ -218,6 +222,8 @@ impl App {
         let gate_ref = GateRef::default();
         let mut notifiers =
             Notifiers::new(vec![Arc::new(LogNotifier { public_url: config.server.public_url.clone() }), feed.clone()]);
+        // What keeps a secret beyond start-up reads it here; a reload replaces it.
+        let live_secrets = LiveSecrets::new(config.clone(), secrets.clone());
         let deps = PhoneDeps {
             metrics: metrics.clone(),
             clock: clock.clone(),
@@ -225,7 +231,7 @@ impl App {
             gate: gate_ref.clone(),
             retry: Retry::default(),
         };
-        let phone = crate::notify::phone_notifiers(&config, &secrets, deps).map_err(|e| {
+        let phone = crate::notify::phone_notifiers(&live_secrets, deps).map_err(|e| {
             let (key, message) = match e {
                 crate::notify::NotifyError::BadUrl { key, message } => (key, message),
                 other @ crate::notify::NotifyError::Tls(_) => ("routes".to_string(), other.to_string()),
@@ -237,7 +243,7 @@ impl App {
         }
         let slack = match &config.slack {
             Some(sc) => {
-                let s = Slack::new(sc, &secrets, &config.server.public_url).map_err(|e| match e {
+                let s = Slack::new(sc, &live_secrets, &config.server.public_url).map_err(|e| match e {
                     SlackSetupError::Invalid { key, message } => {
                         AppError::Config { file: config.file.display().to_string(), key: key.into(), message }
                     }
@@ -263,16 +269,15 @@ impl App {
             s.attach(&gate);
         }
         gate_ref.set(&gate);
-        let metrics_token = config.server.metrics_token.as_ref().and_then(|r| secrets.get(r)).cloned();
         let ui =
             Arc::new(Ui::new(gate.clone(), keys, links, feed, config.audit.path.clone(), &config.server.public_url));
-        let control = Arc::new(Control { gate: gate.clone(), metrics_token, slack: slack.clone(), ui });
-        Ok(App { gate, control, config, slack })
+        let control = Arc::new(Control { gate: gate.clone(), secrets: live_secrets.clone(), slack: slack.clone(), ui });
+        Ok(App { gate, control, config, slack, secrets: live_secrets })
     }
 
     /// The reloader for this app: SIGHUP and rules-directory changes call it.
     pub fn reloader(&self, env: Arc<dyn crate::config::Env>) -> Arc<crate::reload::Reloader> {
-        Arc::new(crate::reload::Reloader::new(self.config.clone(), env, self.gate.clone()))
+        Arc::new(crate::reload::Reloader::new(self.config.clone(), env, self.gate.clone(), self.secrets.clone()))
     }
 
     /// Serves until `shutdown` resolves, then drains within `server.shutdown_grace`.

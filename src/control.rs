@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::approval::{Approval, Channel, Status, Verdict};
-use crate::config::Secret;
 use crate::gate::{token_digest, DecideError, Gate};
 use crate::policy::json::parse_strict;
+use crate::reload::LiveSecrets;
 use crate::respond::{self, Body};
 use crate::store::ListQuery;
 
@@ -33,7 +33,8 @@ const BULK_CONCURRENCY: usize = 256;
 /// State the control listener needs beyond the gate.
 pub struct Control {
     pub gate: Arc<Gate>,
-    pub metrics_token: Option<Secret>,
+    /// Where `server.metrics_token_*` is read at each scrape (a reload may rotate it).
+    pub secrets: LiveSecrets,
     /// Present when `[slack]` is configured.
     pub slack: Option<crate::slack::Slack>,
     /// The approver web page, `/ui`.
@@ -197,8 +198,13 @@ impl Control {
     }
 
     async fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
-        if let Some(t) = &self.metrics_token {
-            let ok = bearer(req.headers()).is_some_and(|b| bool::from(b.as_bytes().ct_eq(t.expose().as_bytes())));
+        // `Some(None)`: a token is configured but not set, so nothing matches.
+        let want = self.secrets.read(|c, s| c.server.metrics_token.as_ref().map(|r| s.get(r).cloned()));
+        if let Some(want) = want {
+            let ok = match (bearer(req.headers()), want) {
+                (Some(b), Some(t)) => bool::from(b.as_bytes().ct_eq(t.expose().as_bytes())),
+                _ => false,
+            };
             if !ok {
                 return error(StatusCode::UNAUTHORIZED, "unauthorized", "metrics need the metrics token");
             }

@@ -9,17 +9,68 @@
 //!
 //! What cannot change without a restart (listen addresses, the store, the audit
 //! path, the runtime size) is reported as such and left unchanged.
+//!
+//! Secrets held beyond start-up (the metrics token, Slack's tokens and signing
+//! secret, webhook and ntfy URLs and webhook secrets) are read through
+//! [`LiveSecrets`], which the same successful reload replaces: from then on every
+//! use sees the re-read values.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::app::{build_live, load_policy};
 use crate::audit::{Durability, Event};
-use crate::config::{Config, Env};
+use crate::config::{Config, Env, Secret, SecretRef, Secrets};
 use crate::gate::Gate;
+
+/// The configuration and the secrets resolved from it, replaced together by each
+/// successful reload. Cheap to clone; all clones share one value.
+///
+/// Components keep no secret values of their own: they name the secret in the
+/// current config (a route by name, an approver by id) and read its current
+/// value when they use it, so a rotated `*_file` or `*_env` takes effect on
+/// SIGHUP, and a renamed or reordered config entry never lends its secret to
+/// another. `Debug` never prints a value.
+#[derive(Clone)]
+pub struct LiveSecrets(Arc<ArcSwap<Resolved>>);
+
+struct Resolved {
+    config: Config,
+    secrets: Secrets,
+}
+
+impl std::fmt::Debug for LiveSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveSecrets(<redacted>)")
+    }
+}
+
+impl LiveSecrets {
+    pub fn new(config: Config, secrets: Secrets) -> Self {
+        LiveSecrets(Arc::new(ArcSwap::from_pointee(Resolved { config, secrets })))
+    }
+
+    /// The current value of the secret that `pick` names in the current config;
+    /// `None` when the config names none or it is not set.
+    pub fn get(&self, pick: impl FnOnce(&Config) -> Option<&SecretRef>) -> Option<Secret> {
+        self.read(|config, secrets| pick(config).and_then(|r| secrets.get(r)).cloned())
+    }
+
+    /// Reads the current config and secrets together (one consistent pair).
+    pub fn read<T>(&self, f: impl FnOnce(&Config, &Secrets) -> T) -> T {
+        let r = self.0.load();
+        f(&r.config, &r.secrets)
+    }
+
+    /// Replaces both at once; readers see the old pair or the new one.
+    pub fn replace(&self, config: Config, secrets: Secrets) {
+        self.0.store(Arc::new(Resolved { config, secrets }));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -41,6 +92,7 @@ pub struct Reloader {
     path: PathBuf,
     env: Arc<dyn Env>,
     gate: Arc<Gate>,
+    secrets: LiveSecrets,
     current: Mutex<Config>,
 }
 
@@ -72,8 +124,8 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
 }
 
 impl Reloader {
-    pub fn new(config: Config, env: Arc<dyn Env>, gate: Arc<Gate>) -> Self {
-        Reloader { path: config.file.clone(), env, gate, current: Mutex::new(config) }
+    pub fn new(config: Config, env: Arc<dyn Env>, gate: Arc<Gate>, secrets: LiveSecrets) -> Self {
+        Reloader { path: config.file.clone(), env, gate, secrets, current: Mutex::new(config) }
     }
 
     /// Validates everything, then swaps atomically. `trigger` names what asked.
@@ -81,10 +133,11 @@ impl Reloader {
         let mut current = self.current.lock().await;
         let res = self.prepare(&current).await;
         match res {
-            Ok((cfg, live, needs_restart)) => {
+            Ok((cfg, secrets, live, needs_restart)) => {
                 let hash = live.policy.hash().to_string();
                 let files = live.policy.files().iter().map(|f| f.display().to_string()).collect();
                 self.gate.replace_live(live);
+                self.secrets.replace(cfg.clone(), secrets);
                 if let Err(e) = self
                     .gate
                     .audit
@@ -118,7 +171,10 @@ impl Reloader {
         }
     }
 
-    async fn prepare(&self, current: &Config) -> Result<(Config, crate::gate::Live, Vec<String>), ReloadError> {
+    async fn prepare(
+        &self,
+        current: &Config,
+    ) -> Result<(Config, Secrets, crate::gate::Live, Vec<String>), ReloadError> {
         let cfg = Config::load(&self.path).map_err(|e| ReloadError::Config(e.to_string()))?;
         cfg.check_files().map_err(|e| ReloadError::Config(e.to_string()))?;
         let (secrets, missing) =
@@ -126,6 +182,8 @@ impl Reloader {
         if let Some(m) = missing.iter().find(|m| m.required) {
             return Err(ReloadError::Config(format!("{}: {m}", cfg.file.display())));
         }
+        crate::notify::check_urls(&cfg, &secrets)
+            .map_err(|e| ReloadError::Config(format!("{}: {e}", cfg.file.display())))?;
         let policy = load_policy(&cfg).map_err(|e| ReloadError::Config(e.to_string()))?;
         // The bundle's own tests run before it goes live.
         let rules = cfg.policy.rules.clone();
@@ -144,7 +202,7 @@ impl Reloader {
         }
         let live = build_live(&cfg, &secrets, Arc::new(policy)).map_err(|e| ReloadError::Config(e.to_string()))?;
         let needs_restart = restart_only(current, &cfg);
-        Ok((cfg, live, needs_restart))
+        Ok((cfg, secrets, live, needs_restart))
     }
 
     pub async fn rules_dir(&self) -> PathBuf {

@@ -17,14 +17,14 @@ pub mod deliver;
 pub mod ntfy;
 pub mod webhook;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
 
 use crate::approval::Approval;
 use crate::clock::Clock;
-use crate::config::{Config, Secrets};
+use crate::config::{Config, SecretRef, Secrets};
 use crate::gate::Gate;
 use crate::metrics::Metrics;
+use crate::reload::LiveSecrets;
 use crate::ui::SignInLinks;
 
 pub use deliver::{NotifyError, Retry};
@@ -145,14 +145,32 @@ pub struct PhoneDeps {
     pub retry: Retry,
 }
 
+/// Checks that every webhook and ntfy URL the config names parses, so that a bad
+/// one stops the start or refuses a reload instead of failing each delivery.
+pub fn check_urls(cfg: &Config, secrets: &Secrets) -> Result<(), NotifyError> {
+    for r in cfg.routes.values() {
+        if let Some((key, url)) = r.webhook_url.as_ref().and_then(|s| secrets.get(s).map(|v| (s.key(), v))) {
+            deliver::Target::parse(key, url.expose())?;
+        }
+        if let Some((key, url)) = r.ntfy_url.as_ref().and_then(|s| secrets.get(s).map(|v| (s.key(), v))) {
+            ntfy::Topic::parse(key, url)?;
+        }
+    }
+    for a in &cfg.approvers {
+        if let Some((key, url)) = a.ntfy_url.as_ref().and_then(|s| secrets.get(s).map(|v| (s.key(), v))) {
+            ntfy::Topic::parse(key, url)?;
+        }
+    }
+    Ok(())
+}
+
 /// The webhook and ntfy notifiers the config asks for: one per route with a
 /// webhook, one per route with an ntfy topic, and one for every approver with a
-/// personal topic. Secrets that are not set leave their notifier out.
-pub fn phone_notifiers(
-    cfg: &Config,
-    secrets: &Secrets,
-    deps: PhoneDeps,
-) -> Result<Vec<Arc<dyn Notifier>>, NotifyError> {
+/// personal topic. Secrets that are not set leave their notifier out. The
+/// notifiers read their URLs and secrets from `secrets` at each notification, so
+/// a reload's new values apply from then on.
+pub fn phone_notifiers(secrets: &LiveSecrets, deps: PhoneDeps) -> Result<Vec<Arc<dyn Notifier>>, NotifyError> {
+    secrets.read(check_urls)?;
     let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
     // One HTTP client for all of them, built only when one is configured.
     let mut cached: Option<deliver::Poster> = None;
@@ -162,41 +180,36 @@ pub fn phone_notifiers(
         }
         cached.clone().ok_or_else(|| NotifyError::Tls("no client".into()))
     };
-    let public_url = &cfg.server.public_url;
-    for (name, r) in &cfg.routes {
-        if let (Some(url_ref), Some(secret)) = (&r.webhook_url, r.webhook_secret.as_ref().and_then(|s| secrets.get(s)))
-        {
-            if let Some(url) = secrets.get(url_ref) {
-                let outbox =
-                    deliver::Outbox::start("webhook", poster()?, deps.metrics.clone(), deps.clock.clone(), deps.retry);
-                out.push(Arc::new(webhook::WebhookNotifier::new(
-                    name,
-                    url_ref.key(),
-                    url,
-                    secret.clone(),
-                    public_url,
-                    outbox,
-                    deps.clock.clone(),
-                )?));
-            }
-        }
-        if let Some(url) = r.ntfy_url.as_ref().and_then(|s| secrets.get(s).map(|v| (s.key(), v))) {
-            let topic = ntfy::Topic::parse(url.0, url.1)?;
-            let outbox =
-                deliver::Outbox::start("ntfy", poster()?, deps.metrics.clone(), deps.clock.clone(), deps.retry);
-            out.push(Arc::new(ntfy::NtfyNotifier::new(name, topic, public_url, outbox)));
-        }
+    let (public_url, webhooks, topics, personal) = secrets.read(|cfg, s| {
+        let set = |r: &Option<SecretRef>| r.as_ref().is_some_and(|r| s.get(r).is_some());
+        let webhooks: Vec<String> = cfg
+            .routes
+            .iter()
+            .filter(|(_, r)| set(&r.webhook_url) && set(&r.webhook_secret))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let topics: Vec<String> = cfg.routes.iter().filter(|(_, r)| set(&r.ntfy_url)).map(|(n, _)| n.clone()).collect();
+        let personal = cfg.approvers.iter().any(|a| set(&a.ntfy_url));
+        (cfg.server.public_url.clone(), webhooks, topics, personal)
+    });
+    for name in webhooks {
+        let outbox = deliver::Outbox::start("webhook", poster()?, deps.metrics.clone(), deps.clock.clone(), deps.retry);
+        out.push(Arc::new(webhook::WebhookNotifier::new(
+            &name,
+            secrets.clone(),
+            &public_url,
+            outbox,
+            deps.clock.clone(),
+        )));
     }
-    let mut personal = BTreeMap::new();
-    for a in &cfg.approvers {
-        if let Some((key, url)) = a.ntfy_url.as_ref().and_then(|s| secrets.get(s).map(|v| (s.key(), v))) {
-            personal.insert(a.id.clone(), ntfy::Topic::parse(key, url)?);
-        }
+    for name in topics {
+        let outbox = deliver::Outbox::start("ntfy", poster()?, deps.metrics.clone(), deps.clock.clone(), deps.retry);
+        out.push(Arc::new(ntfy::NtfyNotifier::new(&name, secrets.clone(), &public_url, outbox)));
     }
-    if !personal.is_empty() {
+    if personal {
         let outbox =
             deliver::Outbox::start("ntfy_approver", poster()?, deps.metrics.clone(), deps.clock.clone(), deps.retry);
-        out.push(Arc::new(ntfy::ApproverPush::new(personal, deps.links.clone(), deps.gate.clone(), outbox)));
+        out.push(Arc::new(ntfy::ApproverPush::new(secrets.clone(), deps.links.clone(), deps.gate.clone(), outbox)));
     }
     Ok(out)
 }

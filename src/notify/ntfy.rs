@@ -11,7 +11,6 @@
 //!   approval opens, or escalates to their route, each approver who may decide it
 //!   gets a push whose click URL is a sign-in link minted for them alone.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -21,7 +20,8 @@ use serde_json::{json, Value};
 use super::deliver::{Job, NotifyError, Outbox, Target};
 use super::{Change, GateRef, Notifier};
 use crate::approval::{Approval, Risk, Status};
-use crate::config::Secret;
+use crate::config::{Config, Secret, SecretRef};
+use crate::reload::LiveSecrets;
 use crate::ui::SignInLinks;
 
 /// ntfy priority (1 min … 5 max) for a risk.
@@ -122,10 +122,27 @@ fn push_body(topic: &str, title: &str, message: &str, priority: u8, tags: &[&str
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
-/// A route's shared push channel.
+/// The topic that `pick` names in the current config, parsed; `None` when it
+/// names none or it is not set.
+fn current_topic(secrets: &LiveSecrets, pick: impl FnOnce(&Config) -> Option<&SecretRef>) -> Option<Topic> {
+    let (key, url) = secrets.read(|c, s| {
+        let r = pick(c)?;
+        Some((r.key().to_string(), s.get(r)?.clone()))
+    })?;
+    match Topic::parse(&key, &url) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "push not sent");
+            None
+        }
+    }
+}
+
+/// A route's shared push channel. Its topic URL is read at each notification (a
+/// reload may rotate it).
 pub struct NtfyNotifier {
     route: String,
-    topic: Topic,
+    secrets: LiveSecrets,
     public_url: String,
     outbox: Outbox,
 }
@@ -137,10 +154,10 @@ impl std::fmt::Debug for NtfyNotifier {
 }
 
 impl NtfyNotifier {
-    pub fn new(route: &str, topic: Topic, public_url: &str, outbox: Outbox) -> NtfyNotifier {
+    pub fn new(route: &str, secrets: LiveSecrets, public_url: &str, outbox: Outbox) -> NtfyNotifier {
         NtfyNotifier {
             route: route.to_string(),
-            topic,
+            secrets,
             public_url: public_url.trim_end_matches('/').to_string(),
             outbox,
         }
@@ -157,10 +174,13 @@ impl Notifier for NtfyNotifier {
             return;
         }
         let Some((title, prio, tags)) = headline(change, a) else { return };
+        let Some(topic) = current_topic(&self.secrets, |c| c.routes.get(&self.route)?.ntfy_url.as_ref()) else {
+            return;
+        };
         let click = format!("{}/ui/approvals/{}", self.public_url, a.id);
         self.outbox.send(Job {
-            target: self.topic.server.clone(),
-            body: push_body(&self.topic.topic, &title, &message_text(a), prio, &tags, &click),
+            target: topic.server,
+            body: push_body(&topic.topic, &title, &message_text(a), prio, &tags, &click),
             content_type: "application/json",
             headers: Vec::new(),
             per_attempt: None,
@@ -170,9 +190,10 @@ impl Notifier for NtfyNotifier {
     }
 }
 
-/// Personal pushes with a sign-in link, one approver at a time.
+/// Personal pushes with a sign-in link, one approver at a time. Each approver's
+/// topic URL is read at each notification (a reload may rotate it).
 pub struct ApproverPush {
-    topics: BTreeMap<String, Topic>,
+    secrets: LiveSecrets,
     links: Arc<SignInLinks>,
     gate: GateRef,
     outbox: Outbox,
@@ -180,13 +201,13 @@ pub struct ApproverPush {
 
 impl std::fmt::Debug for ApproverPush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApproverPush").field("approvers", &self.topics.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("ApproverPush").finish_non_exhaustive()
     }
 }
 
 impl ApproverPush {
-    pub fn new(topics: BTreeMap<String, Topic>, links: Arc<SignInLinks>, gate: GateRef, outbox: Outbox) -> Self {
-        ApproverPush { topics, links, gate, outbox }
+    pub fn new(secrets: LiveSecrets, links: Arc<SignInLinks>, gate: GateRef, outbox: Outbox) -> Self {
+        ApproverPush { secrets, links, gate, outbox }
     }
 }
 
@@ -204,12 +225,8 @@ impl Notifier for ApproverPush {
         };
         let Some(gate) = self.gate.get() else { return };
         let live = gate.live();
-        let mut who: Vec<&String> = routes
-            .iter()
-            .filter_map(|r| live.routes.get(*r))
-            .flat_map(|rc| rc.approvers.iter())
-            .filter(|p| self.topics.contains_key(*p))
-            .collect();
+        let mut who: Vec<&String> =
+            routes.iter().filter_map(|r| live.routes.get(*r)).flat_map(|rc| rc.approvers.iter()).collect();
         who.sort();
         who.dedup();
         let Some((title, prio, tags)) = headline(change, a) else { return };
@@ -223,7 +240,8 @@ impl Notifier for ApproverPush {
             if !live.may_decide(p, a) {
                 continue;
             }
-            let Some(topic) = self.topics.get(p) else { continue };
+            let topic = current_topic(&self.secrets, |c| c.approvers.iter().find(|x| &x.id == p)?.ntfy_url.as_ref());
+            let Some(topic) = topic else { continue };
             let link = self.links.mint_link(p, &a.id);
             self.outbox.send(Job {
                 target: topic.server.clone(),

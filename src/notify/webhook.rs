@@ -25,11 +25,12 @@ use rand::RngCore;
 use serde_json::json;
 use sha2::Sha256;
 
-use super::deliver::{Job, NotifyError, Outbox, PerAttempt, Target};
+use super::deliver::{Job, Outbox, PerAttempt, Target};
 use super::{Change, Notifier};
 use crate::approval::Approval;
 use crate::clock::Clock;
 use crate::config::Secret;
+use crate::reload::LiveSecrets;
 
 pub const TIMESTAMP_HEADER: &str = "x-approvalplane-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-approvalplane-signature";
@@ -48,8 +49,8 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 
 pub struct WebhookNotifier {
     route: String,
-    target: Target,
-    secret: Secret,
+    /// The route's URL and secret, read at each notification (a reload may rotate them).
+    secrets: LiveSecrets,
     public_url: String,
     outbox: Outbox,
     clock: Arc<dyn Clock>,
@@ -57,29 +58,47 @@ pub struct WebhookNotifier {
 
 impl std::fmt::Debug for WebhookNotifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookNotifier").field("route", &self.route).field("target", &self.target).finish()
+        f.debug_struct("WebhookNotifier").field("route", &self.route).finish_non_exhaustive()
     }
 }
 
 impl WebhookNotifier {
-    /// `key` names the config key of the URL, for errors.
+    /// The webhook of `route`: its `webhook_url_*` and `webhook_secret_*` are read
+    /// from `secrets` when a change is published.
     pub fn new(
         route: &str,
-        key: &str,
-        url: &Secret,
-        secret: Secret,
+        secrets: LiveSecrets,
         public_url: &str,
         outbox: Outbox,
         clock: Arc<dyn Clock>,
-    ) -> Result<WebhookNotifier, NotifyError> {
-        Ok(WebhookNotifier {
+    ) -> WebhookNotifier {
+        WebhookNotifier {
             route: route.to_string(),
-            target: Target::parse(key, url.expose())?,
-            secret,
+            secrets,
             public_url: public_url.trim_end_matches('/').to_string(),
             outbox,
             clock,
-        })
+        }
+    }
+
+    /// Where to post and what to sign with, as the current config says.
+    fn endpoint(&self) -> Option<(Target, Secret)> {
+        // One read, so the URL and the secret come from the same reload.
+        let current = self.secrets.read(|c, s| {
+            let r = c.routes.get(&self.route)?;
+            Some((s.get(r.webhook_url.as_ref()?)?.clone(), s.get(r.webhook_secret.as_ref()?)?.clone()))
+        });
+        let Some((url, secret)) = current else {
+            tracing::debug!(route = %self.route, "webhook no longer configured; not sent");
+            return None;
+        };
+        match Target::parse(&format!("routes.{}.webhook_url", self.route), url.expose()) {
+            Ok(t) => Some((t, secret)),
+            Err(e) => {
+                tracing::warn!(route = %self.route, error = %e, "webhook not sent");
+                None
+            }
+        }
     }
 }
 
@@ -92,6 +111,7 @@ impl Notifier for WebhookNotifier {
         if !a.deciding_routes().any(|r| r == &self.route) {
             return;
         }
+        let Some((target, secret)) = self.endpoint() else { return };
         let mut id = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut id);
         let delivery = format!("dlv_{}", hex::encode(id));
@@ -111,7 +131,6 @@ impl Notifier for WebhookNotifier {
                 headers.push((HeaderName::from_static(k), v));
             }
         }
-        let secret = self.secret.clone();
         let sign: PerAttempt = Arc::new(move |ts: u64, body: &[u8]| {
             let sig = signature(secret.expose().as_bytes(), ts, body);
             let mut out = vec![(HeaderName::from_static(TIMESTAMP_HEADER), HeaderValue::from(ts))];
@@ -121,7 +140,7 @@ impl Notifier for WebhookNotifier {
             out
         });
         self.outbox.send(Job {
-            target: self.target.clone(),
+            target,
             body,
             content_type: "application/json",
             headers,

@@ -147,7 +147,7 @@ impl Slack {
     /// `POST /slack/interactions`.
     pub async fn handle_http(&self, req: Request<Incoming>) -> Response<Body> {
         let inner = &self.inner;
-        let Some(secret) = inner.signing_secret.clone() else {
+        let Some(secret) = inner.signing_secret() else {
             return refuse(StatusCode::NOT_FOUND, "not_found", "slack interactions over HTTP are not configured");
         };
         let Some(gate) = inner.gate() else {
@@ -268,9 +268,7 @@ impl Inner {
             return;
         };
         let body = json!({"channel": channel, "user": user, "text": card::escape(text)});
-        if let Err(e) =
-            self.api.call("chat.postEphemeral", &self.bot_token, Args::Json(&body), Retry::INTERACTIVE).await
-        {
+        if let Err(e) = self.bot_call("chat.postEphemeral", Args::Json(&body), Retry::INTERACTIVE).await {
             tracing::warn!(slack.user = user, error = %e, "ephemeral reply not delivered");
         }
     }
@@ -405,7 +403,7 @@ impl Inner {
         };
         let meta = ModalMeta { approval_id: a.id.clone(), channel: channel.map(str::to_string) };
         let body = json!({"trigger_id": trigger_id, "view": card::reject_modal(&a, &meta)});
-        match self.api.call("views.open", &self.bot_token, Args::Json(&body), Retry::TRIGGER).await {
+        match self.bot_call("views.open", Args::Json(&body), Retry::TRIGGER).await {
             Ok(_) => tracing::info!(approval.id = %a.id, slack.user = user, "reject dialog opened"),
             Err(e) => {
                 tracing::warn!(approval.id = %a.id, slack.user = user, error = %e, "reject dialog not opened");

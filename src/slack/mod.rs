@@ -35,8 +35,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::approval::Approval;
 use crate::clock::Timestamp;
-use crate::config::{Secret, Secrets, SlackConfig, SlackMode};
+use crate::config::{Secret, SecretRef, SlackConfig, SlackMode};
 use crate::gate::{Gate, Live};
+use crate::reload::LiveSecrets;
 
 pub use api::{SlackApi, SlackError};
 
@@ -64,9 +65,9 @@ impl std::fmt::Debug for Slack {
 
 pub(crate) struct Inner {
     api: SlackApi,
-    bot_token: Secret,
-    signing_secret: Option<Secret>,
-    app_token: Option<Secret>,
+    /// The bot token, signing secret and app-level token are read here at each
+    /// use: a reload may rotate them.
+    secrets: LiveSecrets,
     mode: SlackMode,
     public_url: String,
     /// Least time between two calls for one channel (Slack: about 1 message/s).
@@ -92,21 +93,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Slack {
-    /// Builds the service from `[slack]` and its resolved secrets.
-    pub fn new(cfg: &SlackConfig, secrets: &Secrets, public_url: &str) -> Result<Slack, SlackSetupError> {
-        let bot_token = secrets.get(&cfg.bot_token).cloned().ok_or_else(|| SlackSetupError::Invalid {
-            key: "slack.bot_token_env",
-            message: "the bot token is not set".into(),
-        })?;
-        let signing_secret = cfg.signing_secret.as_ref().and_then(|r| secrets.get(r)).cloned();
-        if cfg.mode == SlackMode::Http && signing_secret.is_none() {
+    /// Builds the service from `[slack]` and its resolved secrets, which it reads
+    /// from `secrets` at each use from then on.
+    pub fn new(cfg: &SlackConfig, secrets: &LiveSecrets, public_url: &str) -> Result<Slack, SlackSetupError> {
+        let set = |r: Option<&SecretRef>| secrets.read(|_, s| r.is_some_and(|r| s.get(r).is_some()));
+        if !set(Some(&cfg.bot_token)) {
+            return Err(SlackSetupError::Invalid {
+                key: "slack.bot_token_env",
+                message: "the bot token is not set".into(),
+            });
+        }
+        if cfg.mode == SlackMode::Http && !set(cfg.signing_secret.as_ref()) {
             return Err(SlackSetupError::Invalid {
                 key: "slack.signing_secret_env",
                 message: "the signing secret is not set".into(),
             });
         }
-        let app_token = cfg.app_token.as_ref().and_then(|r| secrets.get(r)).cloned();
-        if cfg.mode == SlackMode::Socket && app_token.is_none() {
+        if cfg.mode == SlackMode::Socket && !set(cfg.app_token.as_ref()) {
             return Err(SlackSetupError::Invalid {
                 key: "slack.app_token_env",
                 message: "socket mode needs the app-level token".into(),
@@ -117,9 +120,7 @@ impl Slack {
         Ok(Slack {
             inner: Arc::new(Inner {
                 api,
-                bot_token,
-                signing_secret,
-                app_token,
+                secrets: secrets.clone(),
                 mode: cfg.mode,
                 public_url: public_url.trim_end_matches('/').to_string(),
                 post_interval: cfg.post_interval,
@@ -162,6 +163,35 @@ impl Slack {
 }
 
 impl Inner {
+    /// The current bot token.
+    fn bot_token(&self) -> Option<Secret> {
+        self.secrets.get(|c| Some(&c.slack.as_ref()?.bot_token))
+    }
+
+    /// The current signing secret, for HTTP interactions.
+    fn signing_secret(&self) -> Option<Secret> {
+        self.secrets.get(|c| c.slack.as_ref()?.signing_secret.as_ref())
+    }
+
+    /// The current app-level token, for Socket Mode.
+    fn app_token(&self) -> Option<Secret> {
+        self.secrets.get(|c| c.slack.as_ref()?.app_token.as_ref())
+    }
+
+    /// A Web API call with the current bot token. Without one (the reloaded
+    /// config has no `[slack]` any more) it fails as Slack would: `not_authed`.
+    async fn bot_call(
+        &self,
+        method: &str,
+        args: api::Args<'_>,
+        retry: api::Retry,
+    ) -> Result<serde_json::Value, SlackError> {
+        let Some(token) = self.bot_token() else {
+            return Err(SlackError::Api { method: method.to_string(), code: "not_authed".into() });
+        };
+        self.api.call(method, &token, args, retry).await
+    }
+
     fn gate(&self) -> Option<Arc<Gate>> {
         self.gate.get().and_then(Weak::upgrade)
     }
@@ -187,13 +217,7 @@ impl Inner {
             }
         }
         let v = self
-            .api
-            .call(
-                "usergroups.users.list",
-                &self.bot_token,
-                api::Args::Form(&[("usergroup", group)]),
-                api::Retry::INTERACTIVE,
-            )
+            .bot_call("usergroups.users.list", api::Args::Form(&[("usergroup", group)]), api::Retry::INTERACTIVE)
             .await?;
         let members: HashSet<String> = v
             .get("users")

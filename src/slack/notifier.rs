@@ -341,7 +341,7 @@ impl Inner {
         loop {
             pace.wait().await;
             attempt += 1;
-            match self.api.call(method, &self.bot_token, Args::Json(body), Retry::BACKGROUND).await {
+            match self.bot_call(method, Args::Json(body), Retry::BACKGROUND).await {
                 Ok(v) => {
                     if attempt > 1 {
                         tracing::info!(approval.id = %approval_id, slack.method = method, attempt, "slack recovered");

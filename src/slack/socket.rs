@@ -170,8 +170,8 @@ impl Slack {
         mut close: oneshot::Receiver<()>,
     ) -> String {
         let inner = &self.inner;
-        let Some(app_token) = inner.app_token.as_ref() else { return "no app token".into() };
-        let url = match inner.api.call("apps.connections.open", app_token, Args::Form(&[]), Retry::BACKGROUND).await {
+        let Some(app_token) = inner.app_token() else { return "no app token".into() };
+        let url = match inner.api.call("apps.connections.open", &app_token, Args::Form(&[]), Retry::BACKGROUND).await {
             Ok(v) => match v.get("url").and_then(Value::as_str) {
                 Some(u) => u.to_string(),
                 None => return "apps.connections.open answered without a url".into(),

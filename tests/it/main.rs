@@ -17,6 +17,7 @@ mod notify_webhook;
 mod policy_engines;
 mod proxy;
 mod rules;
+mod secret_reload;
 mod slack;
 mod timers;
 mod tls;

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use approvalplane::approval::Approval;
 use approvalplane::clock::SystemClock;
-use approvalplane::config::Secret;
+use approvalplane::config::{Config, MapEnv};
 use approvalplane::metrics::Metrics;
 use approvalplane::notify::deliver::{Outbox, Poster, Retry};
 use approvalplane::notify::webhook::{WebhookNotifier, DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use approvalplane::notify::{Change, Notifier};
+use approvalplane::reload::LiveSecrets;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -36,7 +37,7 @@ fn approval(id: &str, route: &str) -> Approval {
 
 /// What a receiver does: recompute the signature over the raw body, compare in
 /// constant time, and refuse a timestamp more than five minutes off.
-fn signature_ok(r: &Received, secret: &str) -> bool {
+pub fn signature_ok(r: &Received, secret: &str) -> bool {
     let (Some(ts), Some(sig)) = (r.headers.get(TIMESTAMP_HEADER), r.headers.get(SIGNATURE_HEADER)) else {
         return false;
     };
@@ -56,7 +57,7 @@ fn signature_ok(r: &Received, secret: &str) -> bool {
 }
 
 /// A receiver that answers `fail_status` to the first `fail` requests, then 200.
-async fn receiver(fail: usize, fail_status: u16) -> FakeUpstream {
+pub async fn receiver(fail: usize, fail_status: u16) -> FakeUpstream {
     let seen = Arc::new(AtomicUsize::new(0));
     FakeUpstream::start_with(
         None,
@@ -72,19 +73,29 @@ async fn receiver(fail: usize, fail_status: u16) -> FakeUpstream {
     .await
 }
 
+/// The config and secrets a webhook notifier reads: the finance-oncall route's
+/// webhook posts to `url` and signs with `secret`.
+fn webhook_secrets(url: &str, secret: &str) -> LiveSecrets {
+    let toml = "[server]\nlisten = \"127.0.0.1:1\"\ncontrol_listen = \"127.0.0.1:2\"\n\
+                [[upstream]]\nname = \"stripe\"\nurl = \"http://127.0.0.1:3\"\n\
+                [routes.finance-oncall]\nwebhook_url_env = \"HOOK_URL\"\nwebhook_secret_env = \"HOOK_SECRET\"\n\
+                [policy]\nrules = \"rules\"\n";
+    let cfg = Config::parse(std::path::Path::new("/nonexistent/config.toml"), toml).expect("config");
+    let env = MapEnv::default().with("HOOK_URL", url).with("HOOK_SECRET", secret);
+    let (secrets, _) = cfg.resolve_secrets(&env).expect("secrets");
+    LiveSecrets::new(cfg, secrets)
+}
+
 fn notifier(route: &str, url: &str, metrics: &Arc<Metrics>, retry: Retry) -> WebhookNotifier {
     let outbox =
         Outbox::start("webhook", Poster::new().expect("client"), metrics.clone(), Arc::new(SystemClock), retry);
     WebhookNotifier::new(
         route,
-        "routes.finance-oncall.webhook_url",
-        &Secret::new(url),
-        Secret::new(SECRET),
+        webhook_secrets(url, SECRET),
         "https://approvals.example.com",
         outbox,
         Arc::new(SystemClock),
     )
-    .expect("notifier")
 }
 
 fn fast_retry(attempts: u32) -> Retry {

@@ -123,10 +123,14 @@ pub fn decision_response(r: Result<Approval, DecideError>) -> Response<Body> {
         Err(DecideError::BadRequest(m)) => error(status, "malformed_request", m),
         Err(DecideError::NotFound(id)) => error(status, "not_found", format!("approval {id} not found")),
         Err(e @ DecideError::Forbidden { .. }) => error(status, "forbidden", e.to_string()),
-        Err(DecideError::AlreadyDecided(a)) => respond::json(
-            status,
-            &json!({"error": {"type": "already_decided", "message": format!("approval {} is already {}", a.id, a.status), "approval": a.to_json()}}),
-        ),
+        // The object itself, as a 200 would carry it, plus the error (which also
+        // holds it, under `approval`).
+        Err(DecideError::AlreadyDecided(a)) => {
+            let object = a.to_json();
+            let mut body = object.clone();
+            body["error"] = json!({"type": "already_decided", "message": format!("approval {} is already {}", a.id, a.status), "approval": object});
+            respond::json(status, &body)
+        }
         Err(DecideError::AuditUnavailable(_)) => {
             let mut r = error(
                 status,

@@ -61,6 +61,11 @@ async fn held_request_is_forwarded_once_after_approval() {
     let again = app.decide(ALICE, id, "approve", None).await;
     assert_eq!((again.status, again.error_type().as_str()), (409, "already_decided"));
     assert_eq!(again.json()["error"]["approval"]["id"], id);
+    assert_eq!(
+        (again.json()["id"].as_str(), again.json()["status"].as_str()),
+        (Some(id), Some("approved")),
+        "the object"
+    );
     let r = held.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let got = up.received();

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app::{App, AppError};
 use crate::clock::SystemClock;
-use crate::config::{Config, ProcessEnv, EXIT_BAD_CONFIG};
+use crate::config::{Config, ProcessEnv, Secrets, EXIT_BAD_CONFIG};
+use crate::policy::PolicyBundle;
 
 #[derive(Debug, Parser)]
 #[command(name = "approvalplane", version, about = "Human-in-the-loop control plane for AI agents")]
@@ -49,7 +50,6 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Start the proxy with a built-in echo upstream and print the steps to try.
     /// The stdio MCP server, a front end of the running `serve`.
     Mcp {
         #[arg(long)]
@@ -58,6 +58,7 @@ pub enum Command {
         #[arg(long)]
         agent: Option<String>,
     },
+    /// Start the proxy with a built-in echo upstream and print the steps to try.
     Demo {
         /// Where the demo writes its config, rules and audit log.
         #[arg(long, default_value = "var/demo")]
@@ -123,10 +124,12 @@ pub enum AuditCommand {
         path: PathBuf,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Only actions requested at or after this time (RFC 3339).
+        /// Only actions requested at or after this time: RFC 3339 with any offset
+        /// (2026-11-24T01:00:00Z, 2026-11-24T02:00:00.5+01:00), or a date
+        /// (2026-11-24: midnight UTC).
         #[arg(long)]
         from: Option<String>,
-        /// Only actions requested before this time (RFC 3339).
+        /// Only actions requested before this time (the same forms as --from).
         #[arg(long)]
         to: Option<String>,
     },
@@ -242,27 +245,47 @@ fn config_check(path: &Path) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
-    match cfg.resolve_secrets(&ProcessEnv) {
-        Ok((_, missing)) => {
+    let secrets = match cfg.resolve_secrets(&ProcessEnv) {
+        Ok((secrets, missing)) => {
             for m in missing {
                 eprintln!("warning: {m} (serve needs it)");
             }
+            secrets
         }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
-    }
-    match crate::app::load_policy(&cfg) {
-        Ok(p) => {
-            println!("config ok: {} ({} rule files, bundle {})", cfg.file.display(), p.files().len(), p.hash());
-            ExitCode::SUCCESS
-        }
+    };
+    let policy = match crate::app::load_policy(&cfg) {
+        Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_BAD_CONFIG)
+            return ExitCode::from(EXIT_BAD_CONFIG);
         }
+    };
+    if let Err(e) = serve_checks(&cfg, &secrets, policy.clone()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    println!("config ok: {} ({} rule files, bundle {})", cfg.file.display(), policy.files().len(), policy.hash());
+    ExitCode::SUCCESS
+}
+
+/// What `serve` refuses at start beyond the config file itself, through the same
+/// functions it builds with, on the secrets that are set (an unset one is only a
+/// warning here): the audit signing key, the upstreams (their `ca_file`s) and MCP
+/// servers, and the webhook and ntfy URLs.
+fn serve_checks(cfg: &Config, secrets: &Secrets, policy: Arc<PolicyBundle>) -> Result<(), AppError> {
+    crate::app::writer_options(cfg, "config-check")?;
+    crate::app::build_live(cfg, secrets, policy)?;
+    crate::notify::check_urls(cfg, secrets).map_err(|e| {
+        let (key, message) = match e {
+            crate::notify::NotifyError::BadUrl { key, message } => (key, message),
+            other @ crate::notify::NotifyError::Tls(_) => ("routes".to_string(), other.to_string()),
+        };
+        AppError::Config { file: cfg.file.display().to_string(), key, message }
+    })
 }
 
 fn rules_test(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
@@ -287,7 +310,7 @@ fn rules_test(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
                     println!("PASS {} ({:.1?})", r.name, r.elapsed);
                 } else {
                     failed += 1;
-                    println!("FAIL {}: {}", r.name, r.detail.as_deref().unwrap_or("failed"));
+                    println!("FAIL {}: {}", r.name, one_line(r.detail.as_deref().unwrap_or("failed")));
                 }
             }
             println!("{passed} passed, {failed} failed");
@@ -302,6 +325,29 @@ fn rules_test(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
             println!("0 passed, 0 failed");
             ExitCode::from(2)
         }
+    }
+}
+
+/// A test's failure on one line (the contract: one line per test). regorus reports
+/// an evaluation error over several lines (`--> file:line:col`, the source line
+/// with a caret, `error: message`); this keeps the last message and where it is.
+fn one_line(detail: &str) -> String {
+    let lines: Vec<&str> = detail.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.len() <= 1 {
+        return lines.first().map_or_else(|| "failed".to_string(), |l| l.to_string());
+    }
+    let message = lines.iter().rev().find_map(|l| l.strip_prefix("error:").map(str::trim).filter(|m| !m.is_empty()));
+    let at = lines.iter().rev().find_map(|l| l.strip_prefix("-->").map(str::trim).filter(|a| !a.is_empty()));
+    match (message, at) {
+        (Some(m), Some(at)) => format!("error: {m} (at {at})"),
+        (Some(m), None) => format!("error: {m}"),
+        // Not regorus's layout: every line but the source excerpts (`  |`, `5 | …`).
+        _ => lines
+            .iter()
+            .filter(|l| !l.split_once('|').is_some_and(|(g, _)| g.trim().bytes().all(|b| b.is_ascii_digit())))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -503,6 +549,12 @@ fn run_server(cfg: Config, secrets: crate::config::Secrets, banner: Option<Strin
                 eprintln!("error: {e}");
                 return Ok(ExitCode::from(EXIT_BAD_CONFIG));
             }
+            // The chain cannot be started in the configured directory (not creatable,
+            // not writable): a deployment error, named like every config error.
+            Err(AppError::Audit(e)) => {
+                eprintln!("error: {}: audit.path: {} ({e})", cfg.file.display(), cfg.audit.path.display());
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
             Err(e) => return Err(e).context("starting"),
         };
         let agent = tokio::net::TcpListener::bind(cfg.server.listen)
@@ -596,5 +648,33 @@ async fn shutdown_signal() -> String {
     tokio::select! {
         _ = term.recv() => "SIGTERM".into(),
         _ = tokio::signal::ctrl_c() => "SIGINT".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_evaluation_error_becomes_one_line() {
+        let detail = "error: \n--> ./x_test.rego:5:10\n  |\n5 |   x := 1 / 0\n  |          ^\nerror: divide by zero";
+        assert_eq!(one_line(detail), "error: divide by zero (at ./x_test.rego:5:10)");
+        assert_eq!(one_line("undefined"), "undefined");
+        assert_eq!(one_line(""), "failed");
+        assert_eq!(one_line("first\n  |\n12 | src\nsecond"), "first second");
+    }
+
+    #[test]
+    fn every_command_has_its_own_description() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let about = |name: &str| {
+            cmd.find_subcommand(name).and_then(|c| c.get_about()).map(|a| a.to_string()).unwrap_or_default()
+        };
+        assert!(about("mcp").contains("stdio MCP server"), "{}", about("mcp"));
+        assert!(about("demo").contains("echo upstream"), "{}", about("demo"));
+        for c in cmd.get_subcommands() {
+            assert!(c.get_about().is_some(), "{} has no description", c.get_name());
+        }
     }
 }

@@ -45,10 +45,26 @@ impl Timestamp {
         humantime::format_rfc3339_seconds(self.to_system()).to_string()
     }
 
+    /// Parses an RFC 3339 time with any offset (`2026-11-24T01:00:00+01:00`, `…Z`,
+    /// fractional seconds), converted to UTC; the forms this crate has always read
+    /// (no offset, a space for `T`: taken as UTC); or a plain date `2026-11-24`
+    /// (midnight UTC). Times before 1970 are refused.
     pub fn parse(s: &str) -> Result<Self, String> {
-        humantime::parse_rfc3339_weak(s)
-            .map(Timestamp::from_system)
-            .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+        let t = s.trim();
+        let millis = if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+            d.timestamp_millis()
+        } else if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis()
+        } else {
+            let st = humantime::parse_rfc3339_weak(t).map_err(|e| {
+                format!(
+                    "{s:?} is not an RFC 3339 time such as \"2026-11-24T01:00:00Z\" or \
+                     \"2026-11-24T02:00:00+01:00\", or a date such as \"2026-11-24\": {e}"
+                )
+            })?;
+            return Ok(Timestamp::from_system(st));
+        };
+        u64::try_from(millis).map(Timestamp).map_err(|_| format!("{s:?} is before 1970-01-01T00:00:00Z"))
     }
 }
 
@@ -155,6 +171,33 @@ mod tests {
         let s = t.rfc3339();
         assert!(s.ends_with(".120Z"), "{s}");
         assert_eq!(Timestamp::parse(&s).unwrap(), t);
+    }
+
+    #[test]
+    fn parses_any_rfc3339_offset_fractions_and_plain_dates() {
+        let utc = Timestamp::parse("2026-11-24T00:00:00Z").unwrap();
+        assert_eq!(utc, Timestamp(1_795_478_400_000));
+        for (text, want) in [
+            ("2026-11-24T01:00:00+01:00", utc),
+            ("2026-11-23T19:30:00-04:30", utc),
+            ("2026-11-24T00:00:00+00:00", utc),
+            ("2026-11-24T00:00:00-00:00", utc),
+            ("2026-11-24t00:00:00z", utc),
+            ("2026-11-24", utc),
+            (" 2026-11-24 ", utc),
+            ("2026-11-24T01:00:00.250+01:00", utc.plus(Duration::from_millis(250))),
+            ("2026-11-24T00:00:00.123456789Z", utc.plus(Duration::from_millis(123))),
+            // What was accepted before stays accepted: no offset, a space for `T` (UTC).
+            ("2026-11-24T00:00:00", utc),
+            ("2026-11-24 00:00:00Z", utc),
+            ("2026-11-24 00:00:00", utc),
+        ] {
+            assert_eq!(Timestamp::parse(text), Ok(want), "{text}");
+        }
+        for bad in ["", "yesterday", "2026-11-24T25:00:00Z", "2026-13-01", "2026-11-24T01:00:00+25:00", "1969-12-31"] {
+            let e = Timestamp::parse(bad).expect_err(bad);
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -623,8 +623,9 @@ impl Config {
         Ok((secrets, missing))
     }
 
-    /// Checks that the files the config names exist; run before serving and by
-    /// `config check`, not by plain parsing (so an example config parses anywhere).
+    /// Checks that the files the config names exist, and that the directories it
+    /// writes to are (or can be made) directories; run before serving, on reload and
+    /// by `config check`, not by plain parsing (so an example config parses anywhere).
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let mut files: Vec<(String, &Path)> = Vec::new();
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -644,6 +645,24 @@ impl Config {
         for (key, p) in files {
             if !p.is_file() {
                 return Err(ConfigError::new(&self.file, key, format!("{} does not exist", p.display())));
+            }
+        }
+        // Directories that are created when missing: what exists of them must be
+        // a directory.
+        let mut dirs: Vec<(&str, &Path)> = vec![("audit.path", &self.audit.path)];
+        if let Some(c) = self.audit.checkpoint_copy.as_deref() {
+            if !(c.starts_with("http://") || c.starts_with("https://")) {
+                dirs.push(("audit.checkpoint_copy", Path::new(c)));
+            }
+        }
+        for (key, dir) in dirs {
+            if let Some(blocker) = dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+                let message = if blocker == dir {
+                    format!("{} exists and is not a directory", dir.display())
+                } else {
+                    format!("{} cannot be a directory: {} is not one", dir.display(), blocker.display())
+                };
+                return Err(ConfigError::new(&self.file, key, message));
             }
         }
         Ok(())
@@ -707,9 +726,29 @@ impl Validator<'_> {
         }
     }
 
+    /// An address such as "127.0.0.1:8080" or "[::1]:8080", or a host name with a
+    /// port ("localhost:8080"), resolved now; of several addresses the first IPv4
+    /// one is taken, else the first. The listener binds that one address, so the
+    /// loopback checks below hold for what is bound.
     fn addr(&self, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-        v.parse::<SocketAddr>()
-            .map_err(|_| self.err(key, format!("{v:?} is not an address such as \"127.0.0.1:8080\"")))
+        if let Ok(a) = v.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        let bad = |why: String| {
+            self.err(key, format!("{v:?} is not an address such as \"127.0.0.1:8080\" or \"localhost:8080\"{why}"))
+        };
+        let (host, port) = v.rsplit_once(':').ok_or_else(|| bad(": no port".into()))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad(String::new()));
+        }
+        let addrs: Vec<SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(v).map_err(|e| bad(format!(": {e}")))?.collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| addrs.first())
+            .copied()
+            .ok_or_else(|| bad(": the name resolves to no address".into()))
     }
 
     fn validate(&self) -> Result<Config, ConfigError> {
@@ -801,12 +840,12 @@ impl Validator<'_> {
             if url.query().is_some() {
                 return Err(self.err(k("url"), "must not have a query"));
             }
-            if points_at(&url, control_listen) {
+            if points_at(&u.url, &url, control_listen) {
                 return Err(
                     self.err(k("url"), "points at server.control_listen: an agent could reach the decision endpoints")
                 );
             }
-            if points_at(&url, listen) {
+            if points_at(&u.url, &url, listen) {
                 return Err(self.err(k("url"), "points at server.listen: the proxy would loop"));
             }
             let inject_header = match &u.inject_header {
@@ -1121,7 +1160,7 @@ impl Validator<'_> {
                     if !matches!(url.scheme_str(), Some("http" | "https")) {
                         return Err(self.err(k("url"), "must be an http:// or https:// URL"));
                     }
-                    if points_at(&url, control_listen) {
+                    if points_at(u, &url, control_listen) {
                         return Err(self.err(k("url"), "points at server.control_listen"));
                     }
                     McpTransport::Http { url }
@@ -1221,22 +1260,46 @@ fn url_has_password(u: &str) -> bool {
     }
 }
 
-/// Whether `url` would connect to `addr` (same port, and the same or a loopback host).
-fn points_at(url: &Uri, addr: SocketAddr) -> bool {
+/// The address `url`'s host names without a DNS lookup, normalised the way the
+/// connection's resolver reads it: the WHATWG host parser turns `127.1`,
+/// `2130706433`, `0x7f000001` and `0177.0.0.1` into `127.0.0.1` (as `inet_aton`
+/// does), an IPv4-mapped IPv6 address becomes its IPv4 address, and `localhost`
+/// (also `x.localhost` and with a final dot) is loopback. `None` for other names.
+fn host_ip(text: &str, url: &Uri) -> Option<IpAddr> {
+    let localhost = |d: &str| {
+        let d = d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase();
+        d == "localhost" || d.ends_with(".localhost")
+    };
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    match url::Url::parse(text.trim()) {
+        Ok(u) => match u.host()? {
+            url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => Some(IpAddr::V6(a).to_canonical()),
+            url::Host::Domain(d) => localhost(d).then_some(loopback),
+        },
+        // Not a WHATWG URL (e.g. an address with a zone id): the host as `http` reads it.
+        Err(_) => {
+            let host = url.host()?.trim_start_matches('[').trim_end_matches(']');
+            let host = host.split('%').next().unwrap_or(host);
+            if localhost(host) {
+                return Some(loopback);
+            }
+            host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+        }
+    }
+}
+
+/// Whether `url` (its text and its parsed form) would connect to `addr`: the same
+/// port, and the same address, or a loopback address when `addr` is loopback, or
+/// any address when either side is unspecified (`0.0.0.0`, `::`).
+fn points_at(text: &str, url: &Uri, addr: SocketAddr) -> bool {
     let port = url.port_u16().unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
     if port != addr.port() {
         return false;
     }
-    let host = url.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
-    let ip: Option<IpAddr> =
-        if host.eq_ignore_ascii_case("localhost") { Some(IpAddr::from([127, 0, 0, 1])) } else { host.parse().ok() };
-    match ip {
-        Some(ip) => {
-            ip == addr.ip()
-                || addr.ip().is_unspecified()
-                || (ip.is_loopback() && addr.ip().is_loopback())
-                || ip.is_unspecified()
-        }
+    let at = addr.ip().to_canonical();
+    match host_ip(text, url) {
+        Some(ip) => ip == at || at.is_unspecified() || ip.is_unspecified() || (ip.is_loopback() && at.is_loopback()),
         None => false,
     }
 }
@@ -1315,6 +1378,95 @@ rules = "rules"
             assert_eq!(e.key, key, "{e}");
             assert_eq!(e.file, PathBuf::from("/etc/ap/config.toml"));
         }
+    }
+
+    #[test]
+    fn upstreams_that_reach_control_listen_in_any_spelling_are_refused() {
+        let at = |control: &str, url: &str| {
+            MIN.replace("127.0.0.1:9090", control)
+                .replace("https://api.stripe.com", url)
+                .replace("[policy]", "[[mcp_server]]\nname = \"m\"\nurl = \"https://mcp.example.com\"\n[policy]")
+        };
+        for (control, url) in [
+            ("127.0.0.1:9090", "http://127.1:9090"),
+            ("127.0.0.1:9090", "http://[::ffff:127.0.0.1]:9090"),
+            ("127.0.0.1:9090", "http://[::ffff:7f00:1]:9090/x"),
+            ("127.0.0.1:9090", "http://2130706433:9090"),
+            ("127.0.0.1:9090", "http://0x7f000001:9090"),
+            ("127.0.0.1:9090", "http://0177.0.0.1:9090"),
+            ("127.0.0.1:9090", "http://127.0.0.1.:9090"),
+            ("127.0.0.1:9090", "http://LOCALHOST:9090"),
+            ("127.0.0.1:9090", "http://localhost.:9090"),
+            ("127.0.0.1:9090", "http://api.localhost:9090"),
+            ("127.0.0.1:9090", "http://127.0.0.2:9090"),
+            ("127.0.0.1:9090", "http://[::1]:9090"),
+            ("127.0.0.1:80", "http://127.1"),
+            ("127.0.0.1:443", "https://0x7f.1"),
+            ("[::1]:9090", "http://127.1:9090"),
+            ("[::ffff:127.0.0.1]:9090", "http://127.0.0.1:9090"),
+            ("0.0.0.0:9090", "http://[::ffff:127.0.0.1]:9090"),
+            ("0.0.0.0:9090", "http://10.1.2.3:9090"),
+            ("[::]:9090", "http://2130706433:9090"),
+            ("10.1.2.3:9090", "http://0.0.0.0:9090"),
+            ("10.1.2.3:9090", "http://167838211:9090"),
+        ] {
+            let e = parse(&at(control, url)).expect_err(url);
+            assert_eq!(e.key, "upstream[0].url", "{control} {url}: {e}");
+            // The same check for an MCP server's URL.
+            let text = at(control, "https://api.stripe.com").replace("https://mcp.example.com", url);
+            let e = parse(&text).expect_err(url);
+            assert_eq!(e.key, "mcp_server[0].url", "{control} {url}: {e}");
+        }
+        // Other ports and other hosts pass.
+        for (control, url) in [
+            ("127.0.0.1:9090", "http://127.1:9091"),
+            ("127.0.0.1:9090", "http://2130706433"),
+            ("127.0.0.1:9090", "http://[::ffff:10.0.0.1]:9090"),
+            ("127.0.0.1:9090", "http://10.1.2.3:9090"),
+            ("127.0.0.1:9090", "http://example.com:9090"),
+            ("10.1.2.3:9090", "http://127.0.0.1:9090"),
+        ] {
+            parse(&at(control, url)).unwrap_or_else(|e| panic!("{control} {url}: {e}"));
+        }
+    }
+
+    #[test]
+    fn listen_may_be_a_host_name() {
+        let c = parse(&MIN.replace("127.0.0.1:8080", "localhost:8080")).unwrap();
+        assert!(c.server.listen.ip().is_loopback(), "{}", c.server.listen);
+        assert_eq!(c.server.listen.port(), 8080);
+        let c = parse(&MIN.replace("127.0.0.1:9090", "localhost:9090")).unwrap();
+        assert!(c.server.control_listen.ip().is_loopback());
+        assert_eq!(c.server.public_url, format!("http://{}", c.server.control_listen));
+        for bad in ["localhost", "localhost:", "localhost:99999", ":8080", "localhost:80x"] {
+            let e = parse(&MIN.replace("127.0.0.1:8080", bad)).expect_err(bad);
+            assert_eq!(e.key, "server.listen", "{e}");
+        }
+        // A name is held to the same rules as the address it resolves to.
+        let e = parse(&MIN.replace("127.0.0.1:9090", "localhost:8080")).unwrap_err();
+        assert_eq!(e.key, "server.control_listen", "{e}");
+        let text =
+            MIN.replace("127.0.0.1:9090", "localhost:9090").replace("https://api.stripe.com", "http://127.1:9090");
+        assert_eq!(parse(&text).unwrap_err().key, "upstream[0].url");
+    }
+
+    #[test]
+    fn audit_directories_must_be_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(dir.path().join("plain"), "x").unwrap();
+        let check = |audit: &str| {
+            Config::parse(&file, &(MIN.to_string() + audit)).unwrap().check_files().map_err(|e| (e.key.clone(), e))
+        };
+        let (key, e) = check("[audit]\npath = \"plain\"\n").unwrap_err();
+        assert_eq!(key, "audit.path");
+        assert_eq!(e.file, file);
+        assert!(e.message.contains("is not a directory"), "{e}");
+        let (key, _) = check("[audit]\npath = \"plain/audit\"\n").unwrap_err();
+        assert_eq!(key, "audit.path");
+        let (key, _) = check("[audit]\ncheckpoint_copy = \"plain\"\n").unwrap_err();
+        assert_eq!(key, "audit.checkpoint_copy");
+        check("[audit]\npath = \"not/yet/there\"\ncheckpoint_copy = \"https://worm.example.com/x\"\n").unwrap();
     }
 
     #[test]

@@ -360,7 +360,9 @@ impl ChainState<'_> {
 /// Calls `visit` for every intact record of `path`, verifying as it goes.
 pub fn verify_with(path: &Path, anchors: &Anchors, mut visit: impl FnMut(&Value)) -> Result<Report, VerifyError> {
     let chains = chain_files(path)?;
-    if chains.is_empty() {
+    // No chain files is "could not run", unless the copies name chains of this
+    // directory: then every file was deleted, a truncation (found below).
+    if chains.is_empty() && (!path.is_dir() || anchors.copies.as_deref().is_none_or(|d| copied_chains(d).is_empty())) {
         return Err(VerifyError::Empty(path.to_path_buf()));
     }
     let single_file = !path.is_dir();
@@ -502,25 +504,36 @@ pub fn verify_with(path: &Path, anchors: &Anchors, mut visit: impl FnMut(&Value)
     }
     // A chain known to the copies but with no files left was deleted whole.
     if let (Some(d), true) = (&anchors.copies, path.is_dir()) {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(chain) = name.strip_suffix(".ckpt") {
-                    if !seen.contains(chain) {
-                        report.findings.push(Finding {
-                            kind: FindingKind::TruncatedBeforeCheckpoint,
-                            chain: chain.to_string(),
-                            file: e.path(),
-                            line: 0,
-                            expected_seq: 0,
-                            detail: "checkpoint copies exist for this chain, but none of its files".into(),
-                        });
-                    }
-                }
+        for (chain, file) in copied_chains(d) {
+            if !seen.contains(&chain) {
+                report.findings.push(Finding {
+                    kind: FindingKind::TruncatedBeforeCheckpoint,
+                    chain,
+                    file,
+                    line: 0,
+                    expected_seq: 0,
+                    detail: "checkpoint copies exist for this chain, but none of its files".into(),
+                });
             }
         }
     }
     Ok(report)
+}
+
+/// The chains a copy directory holds checkpoints of (`<chain>.ckpt`), in name order.
+fn copied_chains(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let chain = name.strip_suffix(".ckpt").filter(|c| !c.is_empty())?.to_string();
+            Some((chain, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Verifies a chain file or a directory of chains.

@@ -253,6 +253,15 @@ async fn every_tampering_is_detected_with_the_right_finding() {
             &[FindingKind::TruncatedBeforeCheckpoint],
         ),
         (
+            "every chain file deleted",
+            |_, d| {
+                for f in chain_files(d) {
+                    std::fs::remove_file(f).unwrap();
+                }
+            },
+            &[FindingKind::TruncatedBeforeCheckpoint],
+        ),
+        (
             "a deleted rotated file",
             |_, d| {
                 let files = chain_files(d);
@@ -407,6 +416,58 @@ async fn a_signed_log_verifies_and_exports() {
     write_records(&l.audit, &r);
     let (code, _, err) = run_bin(&["audit", "export", l.audit.to_str().unwrap(), "--format", "jsonl"]);
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn no_chain_files_is_could_not_run_unless_the_copies_name_chains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (audit, copies) = (tmp.path().join("audit"), tmp.path().join("copies"));
+    std::fs::create_dir_all(&audit).unwrap();
+    std::fs::create_dir_all(&copies).unwrap();
+    let verify = |with_copies: bool| {
+        let mut args = vec!["audit", "verify", audit.to_str().unwrap()];
+        if with_copies {
+            args.extend(["--checkpoints", copies.to_str().unwrap()]);
+        }
+        run_bin(&args)
+    };
+    for with_copies in [false, true] {
+        let (code, out, err) = verify(with_copies);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains("holds no chain files"), "{err}");
+    }
+    // Copies of another chain's checkpoints: every file of that chain is gone.
+    std::fs::write(copies.join("0000018f00000000abcd.ckpt"), "{\"seq\":4,\"hash\":\"x\",\"through_seq\":3}\n").unwrap();
+    let (code, out, err) = verify(true);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("TAMPERED truncated before a checkpoint") && out.contains("0000018f00000000abcd"), "{out}");
+    // Without the copies, nothing says there was a chain.
+    let (code, _, _) = verify(false);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn export_takes_any_rfc3339_offset_and_plain_dates() {
+    let (_tmp, dir) = small_log();
+    let export =
+        |flag: &str, t: &str| run_bin(&["audit", "export", dir.to_str().unwrap(), "--format", "jsonl", flag, t]);
+    for (flag, t, want) in [
+        ("--from", "2026-11-24T01:00:00+01:00", "2026-11-24T00:00:00.000Z"),
+        ("--from", "2026-11-23T19:30:00-04:30", "2026-11-24T00:00:00.000Z"),
+        ("--from", "2026-11-24T00:00:00.250Z", "2026-11-24T00:00:00.250Z"),
+        ("--from", "2026-11-24", "2026-11-24T00:00:00.000Z"),
+        ("--to", "2026-11-24T02:00:00.5+02:00", "2026-11-24T00:00:00.500Z"),
+    ] {
+        let (code, out, err) = export(flag, t);
+        assert_eq!(code, 0, "{flag} {t}: {err}");
+        let trailer: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(trailer["trailer"][&flag[2..]], want, "{flag} {t}: {trailer}");
+    }
+    for bad in ["yesterday", "2026-11-24T25:00:00Z", "24/11/2026", "2026-11-24T01:00:00+25:00"] {
+        let (code, out, err) = export("--from", bad);
+        assert_eq!(code, 2, "{bad}: {out}");
+        assert!(err.contains("--from") && err.contains(bad) && err.lines().count() == 1, "{bad}: {err}");
+    }
 }
 
 /// A small unsigned log for the property test.

@@ -250,6 +250,9 @@ fn config_check(path: &Path) -> ExitCode {
             for m in missing {
                 eprintln!("warning: {m} (serve needs it)");
             }
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
             secrets
         }
         Err(e) => {
@@ -459,6 +462,9 @@ fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for w in cfg.warnings() {
+        tracing::warn!(warning = %w, "config");
+    }
     let secrets = match cfg.resolve_secrets(&ProcessEnv) {
         Ok((s, missing)) => {
             let required: Vec<_> = missing.iter().filter(|m| m.required).collect();

@@ -24,6 +24,9 @@ use serde::Deserialize;
 /// Exit code for bad configuration (BSD `EX_USAGE`), part of the CLI contract.
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
+/// `store.redis_url` when `backend = "redis"` names none (as redis-cli's default).
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
 /// A configuration error: always names the file and the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {message}")]
@@ -623,6 +626,30 @@ impl Config {
         Ok((secrets, missing))
     }
 
+    /// Settings that are valid but weaken a guarantee: printed by `config check` and
+    /// logged by `serve` at start. Never a secret's value.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (name, r) in &self.routes {
+            if r.webhook_url.is_some() && r.webhook_secret.is_none() {
+                w.push(format!(
+                    "{}: routes.{name}.webhook_secret_env is not set: the route's webhooks are sent unsigned, \
+                     so a receiver cannot tell them from forged ones",
+                    self.file.display()
+                ));
+            }
+        }
+        if self.store.backend == StoreBackend::Redis && self.store.hmac_key.is_none() {
+            w.push(format!(
+                "{}: store.hmac_key_env is not set: decisions in Redis carry an HMAC under an empty key, so a \
+                 replica cannot tell a decision forged by someone with write access to Redis from a real one; \
+                 set a key shared by the replicas",
+                self.file.display()
+            ));
+        }
+        w
+    }
+
     /// Checks that the files the config names exist, and that the directories it
     /// writes to are (or can be made) directories; run before serving, on reload and
     /// by `config check`, not by plain parsing (so an example config parses anywhere).
@@ -971,12 +998,6 @@ impl Validator<'_> {
                 self.secret(&k("webhook_url"), r.webhook_url_env.as_ref(), r.webhook_url_file.as_ref())?;
             let webhook_secret =
                 self.secret(&k("webhook_secret"), r.webhook_secret_env.as_ref(), r.webhook_secret_file.as_ref())?;
-            if webhook_url.is_some() && webhook_secret.is_none() {
-                return Err(self.err(
-                    k("webhook_secret_env"),
-                    "a webhook needs a signing secret (webhook_secret_env or webhook_secret_file)",
-                ));
-            }
             routes.insert(
                 name.clone(),
                 RouteConfig {
@@ -1032,27 +1053,22 @@ impl Validator<'_> {
             }
         }
         let redis_url_secret = self.secret("store.redis_url", st.redis_url_env.as_ref(), None)?;
-        if backend == StoreBackend::Redis && st.redis_url.is_none() && redis_url_secret.is_none() {
-            return Err(self.err("store.redis_url", "backend \"redis\" needs redis_url or redis_url_env"));
-        }
+        // Like redis-cli, a local server on the default port when no URL is given.
+        let redis_url = match (&st.redis_url, &redis_url_secret) {
+            (None, None) if backend == StoreBackend::Redis => Some(DEFAULT_REDIS_URL.to_string()),
+            (u, _) => u.clone(),
+        };
         let key_prefix = st.key_prefix.clone().unwrap_or_else(|| "ap:".to_string());
         if key_prefix.contains(['{', '}']) || key_prefix.chars().any(|c| c.is_whitespace()) {
             return Err(self.err("store.key_prefix", "must not hold braces or white space"));
         }
         let hmac_key = self.secret("store.hmac_key", st.hmac_key_env.as_ref(), st.hmac_key_file.as_ref())?;
-        if backend == StoreBackend::Redis && hmac_key.is_none() {
-            return Err(self.err(
-                "store.hmac_key_env",
-                "backend \"redis\" needs a key shared by the replicas (hmac_key_env or hmac_key_file): \
-                 decisions in Redis carry an HMAC that replicas verify before forwarding",
-            ));
-        }
         if st.ca_file.is_some() && st.redis_url.as_deref().is_some_and(|u| !u.starts_with("rediss://")) {
             return Err(self.err("store.ca_file", "is for TLS: redis_url must be a rediss:// URL"));
         }
         let store = StoreConfig {
             backend,
-            redis_url: st.redis_url.clone(),
+            redis_url,
             redis_url_secret,
             key_prefix,
             hmac_key,
@@ -1340,17 +1356,25 @@ rules = "rules"
         assert!(s.contains("rulez"), "{s}");
     }
 
+    /// Every `[store]` key is optional (INTERFACE.md §2): Redis defaults to the local
+    /// server, and a missing HMAC key is a warning, not a refusal.
+    #[test]
+    fn a_redis_store_needs_no_url_and_no_key() {
+        let c = parse(&(MIN.to_string() + "[store]\nbackend = \"redis\"\n")).unwrap();
+        assert_eq!(c.store.redis_url.as_deref(), Some(DEFAULT_REDIS_URL));
+        let w = c.warnings();
+        assert!(w.len() == 1 && w[0].contains("store.hmac_key_env"), "{w:?}");
+        let c = parse(&(MIN.to_string() + "[store]\nbackend = \"redis\"\nhmac_key_env = \"K\"\n")).unwrap();
+        assert!(c.warnings().is_empty());
+        assert!(parse(MIN).unwrap().warnings().is_empty(), "the memory store needs no key");
+    }
+
     #[test]
     fn refusals_of_the_contract() {
         let cases = [
             (MIN.replace("https://api.stripe.com", "http://127.0.0.1:9090"), "upstream[0].url"),
             (MIN.replace("https://api.stripe.com", "http://localhost:9090/x"), "upstream[0].url"),
             (MIN.to_string() + "[store]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n", "store.redis_url"),
-            (
-                MIN.to_string() + "[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n",
-                "store.hmac_key_env",
-            ),
-            (MIN.to_string() + "[store]\nbackend = \"redis\"\n", "store.redis_url"),
             (
                 MIN.to_string() + "[store]\nredis_url = \"redis://127.0.0.1:6379/0\"\nca_file = \"ca.pem\"\n",
                 "store.ca_file",

@@ -185,7 +185,8 @@ pub fn phone_notifiers(secrets: &LiveSecrets, deps: PhoneDeps) -> Result<Vec<Arc
         let webhooks: Vec<String> = cfg
             .routes
             .iter()
-            .filter(|(_, r)| set(&r.webhook_url) && set(&r.webhook_secret))
+            // A secret that is named must be set; none named means unsigned.
+            .filter(|(_, r)| set(&r.webhook_url) && (r.webhook_secret.is_none() || set(&r.webhook_secret)))
             .map(|(n, _)| n.clone())
             .collect();
         let topics: Vec<String> = cfg.routes.iter().filter(|(_, r)| set(&r.ntfy_url)).map(|(n, _)| n.clone()).collect();

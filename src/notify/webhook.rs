@@ -1,6 +1,7 @@
 //! The generic webhook notifier: one signed JSON POST per change of an approval,
-//! for each route that has `webhook_url_*` and `webhook_secret_*`. It reaches any
-//! pager or push service that can take a webhook.
+//! for each route that has `webhook_url_*` (and `webhook_secret_*`: without one, the
+//! POST is unsigned, and `config check` and `serve` warn). It reaches any pager or
+//! push service that can take a webhook.
 //!
 //! The request:
 //! - body: `{"type": "approval.<change>", "delivery", "route", "created_at",
@@ -82,11 +83,17 @@ impl WebhookNotifier {
     }
 
     /// Where to post and what to sign with, as the current config says.
-    fn endpoint(&self) -> Option<(Target, Secret)> {
+    /// `None` for the secret: the route names none, and its webhooks go unsigned.
+    fn endpoint(&self) -> Option<(Target, Option<Secret>)> {
         // One read, so the URL and the secret come from the same reload.
         let current = self.secrets.read(|c, s| {
             let r = c.routes.get(&self.route)?;
-            Some((s.get(r.webhook_url.as_ref()?)?.clone(), s.get(r.webhook_secret.as_ref()?)?.clone()))
+            let secret = match &r.webhook_secret {
+                // Named but not set: never fall back to unsigned.
+                Some(sr) => Some(s.get(sr)?.clone()),
+                None => None,
+            };
+            Some((s.get(r.webhook_url.as_ref()?)?.clone(), secret))
         });
         let Some((url, secret)) = current else {
             tracing::debug!(route = %self.route, "webhook no longer configured; not sent");
@@ -132,10 +139,12 @@ impl Notifier for WebhookNotifier {
             }
         }
         let sign: PerAttempt = Arc::new(move |ts: u64, body: &[u8]| {
-            let sig = signature(secret.expose().as_bytes(), ts, body);
             let mut out = vec![(HeaderName::from_static(TIMESTAMP_HEADER), HeaderValue::from(ts))];
-            if let Ok(v) = HeaderValue::from_str(&sig) {
-                out.push((HeaderName::from_static(SIGNATURE_HEADER), v));
+            if let Some(secret) = &secret {
+                let sig = signature(secret.expose().as_bytes(), ts, body);
+                if let Ok(v) = HeaderValue::from_str(&sig) {
+                    out.push((HeaderName::from_static(SIGNATURE_HEADER), v));
+                }
             }
             out
         });

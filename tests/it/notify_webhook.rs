@@ -76,12 +76,20 @@ pub async fn receiver(fail: usize, fail_status: u16) -> FakeUpstream {
 /// The config and secrets a webhook notifier reads: the finance-oncall route's
 /// webhook posts to `url` and signs with `secret`.
 fn webhook_secrets(url: &str, secret: &str) -> LiveSecrets {
-    let toml = "[server]\nlisten = \"127.0.0.1:1\"\ncontrol_listen = \"127.0.0.1:2\"\n\
-                [[upstream]]\nname = \"stripe\"\nurl = \"http://127.0.0.1:3\"\n\
-                [routes.finance-oncall]\nwebhook_url_env = \"HOOK_URL\"\nwebhook_secret_env = \"HOOK_SECRET\"\n\
-                [policy]\nrules = \"rules\"\n";
-    let cfg = Config::parse(std::path::Path::new("/nonexistent/config.toml"), toml).expect("config");
-    let env = MapEnv::default().with("HOOK_URL", url).with("HOOK_SECRET", secret);
+    webhook_config(url, Some(secret))
+}
+
+/// The same, with no `webhook_secret_env` at all when `secret` is `None`.
+fn webhook_config(url: &str, secret: Option<&str>) -> LiveSecrets {
+    let secret_key = if secret.is_some() { "webhook_secret_env = \"HOOK_SECRET\"\n" } else { "" };
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\ncontrol_listen = \"127.0.0.1:2\"\n\
+         [[upstream]]\nname = \"stripe\"\nurl = \"http://127.0.0.1:3\"\n\
+         [routes.finance-oncall]\nwebhook_url_env = \"HOOK_URL\"\n{secret_key}\
+         [policy]\nrules = \"rules\"\n"
+    );
+    let cfg = Config::parse(std::path::Path::new("/nonexistent/config.toml"), &toml).expect("config");
+    let env = MapEnv::default().with("HOOK_URL", url).with("HOOK_SECRET", secret.unwrap_or(""));
     let (secrets, _) = cfg.resolve_secrets(&env).expect("secrets");
     LiveSecrets::new(cfg, secrets)
 }
@@ -265,4 +273,26 @@ async fn the_running_server_sends_signed_webhooks_and_phone_pushes_with_a_person
         (Some("finance-oncall"), Some("Approved by bob: issue_refund"))
     );
     assert_eq!(ntfy.count(), 3, "no personal push for a decision");
+}
+
+/// `webhook_secret_env` is optional (INTERFACE.md §2): without one, the route's
+/// webhooks go out unsigned, and the config says so in a warning.
+#[tokio::test]
+async fn a_webhook_without_a_secret_is_sent_unsigned_and_warned_about() {
+    let rx = receiver(0, 200).await;
+    let metrics = Arc::new(Metrics::new());
+    let live = webhook_config(&format!("http://{}/hooks/finance", rx.addr), None);
+    let warnings = live.read(|c, _| c.warnings());
+    assert!(warnings.iter().any(|w| w.contains("routes.finance-oncall.webhook_secret_env")), "{warnings:?}");
+    let outbox =
+        Outbox::start("webhook", Poster::new().expect("client"), metrics.clone(), Arc::new(SystemClock), fast_retry(2));
+    let n =
+        WebhookNotifier::new("finance-oncall", live, "https://approvals.example.com", outbox, Arc::new(SystemClock));
+    n.publish(Change::Opened, &approval("apr_00000000000000000003", "finance-oncall"));
+    wait_count(&rx, 1).await;
+    let got = rx.received();
+    assert!(got[0].headers.get(SIGNATURE_HEADER).is_none(), "unsigned");
+    assert!(got[0].headers.get(TIMESTAMP_HEADER).is_some());
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["approval"]["id"], "apr_00000000000000000003");
 }

@@ -122,7 +122,8 @@ def test_client_timeout_returns_pending_then_resumes(server: Server, unique: str
     elapsed = time.monotonic() - started
     assert d.status == "pending" and d.pending and not d.final
     assert d.approved is False
-    assert d.reason is None and d.decided_by is None
+    assert d.decided_by is None
+    assert d.reason == d.message and "not approved" in d.reason, "an agent always has a why to say"
     assert 1.2 <= elapsed < 5, elapsed
 
     # timeout=0 asks once and answers at once: the same pending approval.

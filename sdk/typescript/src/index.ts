@@ -208,7 +208,11 @@ function describe(d: Omit<Decision, "message">): string {
 
 function makeDecision(fields: Omit<Decision, "message" | "pending" | "final">): Decision {
   const base = { ...fields, pending: fields.status === "pending", final: fields.status !== "pending" };
-  return Object.freeze({ ...base, message: describe(base) });
+  const message = describe(base);
+  // An agent that was not approved always has a why to say: without a person's
+  // reason (pending, expired, ended) it is the outcome in words.
+  const reason = !base.approved && base.reason === null ? message : base.reason;
+  return Object.freeze({ ...base, reason, message });
 }
 
 /** Builds a Decision from the API's approval object. */

@@ -166,6 +166,7 @@ describe("requestApproval against approvalplane serve", () => {
     const elapsed = Date.now() - started;
     assert.equal(d.status, "pending");
     assert.equal(d.pending, true);
+    assert.equal(d.reason, d.message, "an agent always has a why to say");
     assert.equal(d.approved, false);
     assert.ok(elapsed >= 1200 && elapsed < 5000, `elapsed ${elapsed}`);
     await admin.approve(d.approvalId);

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional
 
 __all__ = ["Decision", "TERMINAL_STATUSES", "STATUSES"]
@@ -35,6 +35,10 @@ class Decision:
       (or by calling ``request_approval`` again with the same arguments);
     * ``"abandoned"`` or ``"interrupted"``: the approval ended without a decision
       (its caller cancelled, or the server's memory store shut down).
+
+    ``reason`` is never ``None`` when ``approved`` is ``False``: without a
+    person's reason it is :attr:`message`, so ``agent.say(decision.reason)``
+    always has something to say.
     """
 
     approved: bool
@@ -80,7 +84,7 @@ class Decision:
     def from_approval(cls, approval: Mapping[str, Any]) -> "Decision":
         """Build a Decision from the API's approval object (``approved`` + §4 fields)."""
         status = approval["status"]
-        return cls(
+        decision = cls(
             approved=status == "approved" and approval.get("approved") is True,
             status=status,
             reason=_opt_str(approval.get("reason")),
@@ -88,6 +92,11 @@ class Decision:
             approval_id=_opt_str(approval.get("id")),
             approval=dict(approval),
         )
+        # An agent that was not approved always has a why to say and to log:
+        # when no person wrote one (pending, expired, ended), it is the outcome.
+        if not decision.approved and decision.reason is None:
+            decision = replace(decision, reason=decision.message)
+        return decision
 
 
 def _opt_str(value: Any) -> Optional[str]:

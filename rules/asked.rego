@@ -2,11 +2,13 @@
 #
 # An agent that calls request_approval() has asked for a person, so every such
 # call is held for one: this file never allows and never denies. It picks the
-# route from the action and the agent's policy hints, keeps the agent's
-# declared risk, and builds the approval card's summary from the payload.
+# route from the action and the agent's policy hints, takes the higher of the
+# route's risk and the agent's declared one, and builds the approval card's
+# summary from the payload.
 #
 # Data (data.asked, every key optional):
-#   routes         [{"route": "finance-oncall", "keywords": ["refund", ...]}, ...]
+#   routes         [{"route": "finance-oncall", "risk": "high",
+#                    "keywords": ["refund", ...]}, ...]
 #                  in priority order: the first entry with a keyword in the
 #                  action wins, then the first with a keyword in a hint.
 #                  Keywords match lower-cased substrings ("refund" matches
@@ -40,10 +42,10 @@ asked_request if input.kind == "api"
 # --- settings ---------------------------------------------------------------
 
 asked_shipped_routes := [
-	{"route": "finance-oncall", "keywords": ["refund", "payment", "charge", "payout", "invoice"]},
-	{"route": "eng-oncall", "keywords": ["deploy", "release", "rollback", "merge", "workflow"]},
-	{"route": "comms-oncall", "keywords": ["email", "message", "notify", "send"]},
-	{"route": "data-oncall", "keywords": ["delete", "update", "record", "table", "data", "export"]},
+	{"route": "finance-oncall", "risk": "high", "keywords": ["refund", "payment", "charge", "payout", "invoice"]},
+	{"route": "eng-oncall", "risk": "high", "keywords": ["deploy", "release", "rollback", "merge", "workflow"]},
+	{"route": "comms-oncall", "risk": "medium", "keywords": ["email", "message", "notify", "send"]},
+	{"route": "data-oncall", "risk": "high", "keywords": ["delete", "update", "record", "table", "data", "export"]},
 ]
 
 # data.asked.routes when it is a list of {"route": non-empty string,
@@ -82,12 +84,27 @@ asked_expires_after := d if {
 
 asked_risks := {"low", "medium", "high", "critical"}
 
-# The agent's own risk when it is one of the four, else medium.
-asked_risk := r if {
+asked_risk_rank := {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+# The agent's own risk when it is one of the four. It may raise the risk,
+# never lower it below the route's (the agent is the party being checked).
+asked_declared_risk := r if {
 	is_string(input.risk)
 	r := lower(input.risk)
 	r in asked_risks
+} else := "low"
+
+# The route entry's "risk" when it is one of the four; medium for an entry
+# without one and for the default route.
+asked_route_risk := r if {
+	r = asked_route_entry.risk
+	is_string(r)
+	r in asked_risks
 } else := "medium"
+
+asked_risk := asked_declared_risk if {
+	asked_risk_rank[asked_declared_risk] > asked_risk_rank[asked_route_risk]
+} else := asked_route_risk
 
 # The same pace as the provider files: critical 10m, high 15m, else 30m.
 asked_escalate_after := {"low": "30m", "medium": "30m", "high": "15m", "critical": "10m"}[asked_risk]
@@ -138,10 +155,15 @@ asked_hint_match := min(s) if {
 	count(s) > 0
 }
 
+# The routes entry that matched (undefined when none did).
+asked_route_entry := e if {
+	e = asked_routes[asked_action_match]
+} else := e if {
+	e = asked_routes[asked_hint_match]
+}
+
 asked_route := r if {
-	r = asked_routes[asked_action_match].route
-} else := r if {
-	r = asked_routes[asked_hint_match].route
+	r = asked_route_entry.route
 } else := asked_default_route
 
 # --- summary ----------------------------------------------------------------

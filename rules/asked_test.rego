@@ -142,8 +142,8 @@ test_asked_broken_expiry_is_an_hour if {
 
 # --- risk -------------------------------------------------------------------
 
-test_asked_risk_is_the_agents if {
-	asked_of(ask("a", {"x": "1"}, "low", [])).risk == "low"
+test_asked_risk_is_the_agents_when_it_is_higher if {
+	asked_of(ask("a", {"x": "1"}, "low", [])).risk == "medium"
 	asked_of(ask("a", {"x": "1"}, "medium", [])).risk == "medium"
 	asked_of(ask("a", {"x": "1"}, "high", [])).risk == "high"
 	asked_of(ask("a", {"x": "1"}, "critical", [])).risk == "critical"
@@ -322,4 +322,18 @@ test_asked_ignores_mcp_and_other_kinds if {
 	count(approvals({"kind": "API", "action": "issue_refund"})) == 0
 	count(approvals({"action": "issue_refund"})) == 0
 	count(approvals({"kind": 5})) == 0
+}
+
+# The agent may raise the risk, never lower it below its route's.
+test_asked_risk_never_below_the_routes if {
+	asked_of(ask("issue_refund", {"amount": 1000000}, "low", [])).risk == "high"
+	asked_of(ask("send_newsletter", {"x": "1"}, "low", [])).risk == "medium"
+	asked_of(ask("send_newsletter", {"x": "1"}, "critical", [])).risk == "critical"
+	asked_of(ask("transfer", {"x": "1"}, "low", ["refund"])).risk == "high"
+}
+
+test_asked_route_risk_from_data if {
+	routes := [{"route": "eng-oncall", "risk": "critical", "keywords": ["deploy"]}, {"route": "data-oncall", "risk": "bogus", "keywords": ["drop"]}]
+	asked_of(ask("deploy_api", {"x": "1"}, "low", [])).risk == "critical" with data.asked.routes as routes
+	asked_of(ask("drop_table", {"x": "1"}, "low", [])).risk == "medium" with data.asked.routes as routes
 }

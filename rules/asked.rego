@@ -97,7 +97,7 @@ asked_declared_risk := r if {
 # The route entry's "risk" when it is one of the four; medium for an entry
 # without one and for the default route.
 asked_route_risk := r if {
-	r = asked_route_entry.risk
+	r = asked_matched_entry.risk
 	is_string(r)
 	r in asked_risks
 } else := "medium"
@@ -156,14 +156,14 @@ asked_hint_match := min(s) if {
 }
 
 # The routes entry that matched (undefined when none did).
-asked_route_entry := e if {
+asked_matched_entry := e if {
 	e = asked_routes[asked_action_match]
 } else := e if {
 	e = asked_routes[asked_hint_match]
 }
 
 asked_route := r if {
-	r = asked_route_entry.route
+	r = asked_matched_entry.route
 } else := asked_default_route
 
 # --- summary ----------------------------------------------------------------

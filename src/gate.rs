@@ -467,7 +467,18 @@ impl Gate {
                     let lifetime = plan.expires_after.unwrap_or_default().max(self.settings.default_expires_after);
                     let scope = format!("http\0{}\0{}", a.agent, a.req.upstream);
                     let ttl = lifetime + self.settings.grant_ttl;
-                    Box::pin(self.remember_idempotency_key(&scope, key, &fp, ttl, now)).await?;
+                    let f = self.remember_idempotency_key(
+                        &scope,
+                        key,
+                        &fp,
+                        ttl,
+                        now,
+                        &subject,
+                        &a.request_id,
+                        verdict.matched,
+                        None,
+                    );
+                    Box::pin(f).await?;
                 }
                 let candidate = self.new_approval(&fp, Entrance::Http, &subject, &plan, a.justification.clone(), now);
                 let open = OpenRequest {
@@ -483,8 +494,7 @@ impl Gate {
                 };
                 // Boxed: the held path's futures are allocated only by requests that
                 // take it, and a parked request's task stays small.
-                let f =
-                    Box::pin(self.open(open, &subject, &a.request_id, &verdict.acting_reason, verdict.matched, None));
+                let f = Box::pin(self.open(open, &subject, &a.request_id, &verdict.reason, verdict.matched, None));
                 let approval = f.await?;
                 // A held request waits for minutes: it keeps its approval's id and
                 // nothing else (the store has the approval and the request bytes).
@@ -550,7 +560,7 @@ impl Gate {
             audit_failed(&e, "decision");
             self.record_later(ev);
         }
-        Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.acting_reason }
+        Refusal::PolicyDenied { rule: verdict.deny_rule().to_string(), reason: verdict.reason }
     }
 
     /// Opens (creates or attaches to) an approval and records it.
@@ -875,6 +885,7 @@ impl Gate {
     /// proxied requests) to the request it first came with: the same key with other
     /// bytes is refused (`idempotency_conflict`). The key is kept as long as the
     /// request's approval may be pending or its grant used.
+    #[allow(clippy::too_many_arguments)]
     async fn remember_idempotency_key(
         &self,
         scope: &str,
@@ -882,16 +893,37 @@ impl Gate {
         fp: &str,
         ttl: Duration,
         now: crate::clock::Timestamp,
+        subject: &Subject,
+        request_id: &str,
+        matched: Decision,
+        payload_json: Option<&str>,
     ) -> Result<(), Refusal> {
         let meta = format!("idem:{}", fingerprint::idempotency_key(scope, key));
-        let unavailable = |e: crate::store::StoreError| {
+        // One atomic step: two requests racing with one key cannot both take it.
+        let first = self.store.set_meta_once(&meta, fp, ttl, now).await.map_err(|e| {
             tracing::error!(error = %e, "store unavailable: refusing");
             Refusal::StoreUnavailable
-        };
-        match self.store.get_meta(&meta, now).await.map_err(unavailable)? {
+        })?;
+        match first {
+            None => Ok(()),
             Some(first) if first == fp => Ok(()),
-            Some(_) => Err(Refusal::IdempotencyConflict),
-            None => self.store.set_meta(&meta, fp, ttl, now).await.map_err(unavailable),
+            Some(_) => {
+                let ev = Self::decision_event(
+                    subject,
+                    request_id,
+                    Decision::Deny,
+                    matched,
+                    "refused: this Idempotency-Key was first used with other bytes (idempotency_conflict)",
+                    None,
+                    None,
+                    payload_json.map(str::to_string),
+                );
+                if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
+                    audit_failed(&e, "decision");
+                    self.record_later(ev);
+                }
+                Err(Refusal::IdempotencyConflict)
+            }
         }
     }
 
@@ -933,10 +965,22 @@ impl Gate {
             target: None,
         };
         let fp = fingerprint::api(&a.agent, &a.action, &canonical_payload);
-        if let Some(key) = &a.idempotency_key {
+        // A denied call reserves no key: nothing was opened that a retry could reuse.
+        if let (Some(key), false) = (&a.idempotency_key, verdict.decision == Decision::Deny) {
             let lifetime = verdict.plan.as_ref().and_then(|p| p.expires_after).unwrap_or_default();
             let ttl = lifetime.max(self.settings.default_expires_after) + self.settings.grant_ttl;
-            self.remember_idempotency_key(&a.agent, key, &fp, ttl, now).await?;
+            self.remember_idempotency_key(
+                &a.agent,
+                key,
+                &fp,
+                ttl,
+                now,
+                &subject,
+                &a.request_id,
+                verdict.matched,
+                Some(&canonical_payload),
+            )
+            .await?;
         }
         let reuse = Reuse::Ask { grant_ttl: self.settings.grant_ttl };
         match verdict.decision {
@@ -946,7 +990,7 @@ impl Gate {
                 let plan = ApprovalPlan {
                     routes: Vec::new(),
                     risk: a.risk.unwrap_or(Risk::Low),
-                    risk_reason: verdict.acting_reason.clone(),
+                    risk_reason: verdict.reason.clone(),
                     action: None,
                     summary: Default::default(),
                     escalate_after: None,
@@ -959,7 +1003,7 @@ impl Gate {
                 ap.decided_by = Some("policy".into());
                 ap.decided_at = Some(now);
                 ap.decided_via = Some(Channel::Rule);
-                ap.reason = Some(verdict.acting_reason.clone());
+                ap.reason = Some(verdict.reason.clone());
                 let open = OpenRequest { fingerprint: fp, approval: ap, request: None, reuse, now };
                 let opened = self.store.open(open).await.map_err(|_| Refusal::StoreUnavailable)?;
                 let (ap, created) = match opened {
@@ -1024,14 +1068,7 @@ impl Gate {
                 let candidate = self.new_approval(&fp, Entrance::Api, &subject, &plan, a.justification.clone(), now);
                 let open = OpenRequest { fingerprint: fp, approval: candidate, request: None, reuse, now };
                 let ap = self
-                    .open(
-                        open,
-                        &subject,
-                        &a.request_id,
-                        &verdict.acting_reason,
-                        verdict.matched,
-                        Some(canonical_payload),
-                    )
+                    .open(open, &subject, &a.request_id, &verdict.reason, verdict.matched, Some(canonical_payload))
                     .await?;
                 if ap.status != Status::Pending || a.wait.is_zero() {
                     return Ok(ap);
@@ -1115,7 +1152,7 @@ impl Gate {
                     now,
                 };
                 let approval = self
-                    .open(open, &subject, &a.request_id, &verdict.acting_reason, verdict.matched, Some(canonical_args))
+                    .open(open, &subject, &a.request_id, &verdict.reason, verdict.matched, Some(canonical_args))
                     .await?;
                 Ok(McpDecision::Held(approval))
             }

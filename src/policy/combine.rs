@@ -66,15 +66,12 @@ pub struct Verdict {
     /// What the rules asked for, counting shadowed elements. Differs from
     /// `decision` only when shadow mode softened it.
     pub matched: Decision,
-    /// The ids behind `matched` (the deny ids, the approval ids, or the allow ids).
+    /// The ids behind the decision: first the enforced elements of the decided set
+    /// (or `policy.default` / `policy.error`), then any shadowed elements behind
+    /// `matched`. Under `policy.mode = "shadow"`, the ids behind `matched`.
     pub rule_ids: Vec<String>,
-    /// The first reason behind `matched`.
+    /// The first reason behind the decision (under shadow mode, behind `matched`).
     pub reason: String,
-    /// The enforced elements behind `decision` (what the gate acts on): the ids a
-    /// refusal names and the reason it gives. Shadowed elements never appear here;
-    /// with none enforced, `policy.default` (or `policy.error`).
-    pub acting_rule_ids: Vec<String>,
-    pub acting_reason: String,
     /// The merged approval request: from the enforced approval elements when
     /// `decision` is `RequireApproval` (always set then), or from every approval
     /// element when only shadowed ones asked (what would have been asked).
@@ -96,8 +93,6 @@ impl Verdict {
             matched: Decision::Deny,
             rule_ids: vec![ERROR_RULE.to_string()],
             reason: format!("policy error: {msg}"),
-            acting_rule_ids: vec![ERROR_RULE.to_string()],
-            acting_reason: format!("policy error: {msg}"),
             plan: None,
             error: Some(msg),
         }
@@ -106,7 +101,7 @@ impl Verdict {
     /// The rule to name in a `policy_denied` refusal: an enforced deny, never a
     /// shadowed one.
     pub fn deny_rule(&self) -> &str {
-        self.acting_rule_ids.first().map(String::as_str).unwrap_or(DEFAULT_RULE)
+        self.rule_ids.first().map(String::as_str).unwrap_or(DEFAULT_RULE)
     }
 }
 
@@ -278,47 +273,59 @@ fn try_combine(
         PolicyMode::Shadow => Decision::Allow,
         PolicyMode::Enforce => pick(false),
     };
-    // Name the elements behind what the rules asked for.
-    let behind: &[Elem<'_>] = match matched {
-        Decision::Deny => &deny,
-        Decision::RequireApproval => &approval,
-        Decision::Allow => &allow,
+    let set_of = |d: Decision| -> &[Elem<'_>] {
+        match d {
+            Decision::Deny => &deny,
+            Decision::RequireApproval => &approval,
+            Decision::Allow => &allow,
+        }
     };
-    let (rule_ids, reason) = if behind.is_empty() {
-        (vec![DEFAULT_RULE.to_string()], format!("no rule matched; policy.default is {}", matched.as_str()))
+    let default_reason = |d: Decision| format!("no rule matched; policy.default is {}", d.as_str());
+    let any_shadow = deny.iter().chain(&approval).chain(&allow).any(|e| e.shadow);
+    let (rule_ids, reason) = if mode == PolicyMode::Shadow || !any_shadow {
+        // Under shadow mode, what the rules asked for; with nothing shadowed, the
+        // elements behind the decision are the ones that matched.
+        let behind = set_of(matched);
+        match behind.first() {
+            Some(first) => (behind.iter().map(|e| e.id.to_string()).collect(), first.reason.to_string()),
+            None => (vec![DEFAULT_RULE.to_string()], default_reason(matched)),
+        }
     } else {
-        (behind.iter().map(|e| e.id.to_string()).collect(), behind[0].reason.to_string())
-    };
-    // What the gate acts on: the enforced elements of the decided set. Under
-    // `policy.mode = "shadow"` the decision is always allow, whatever matched.
-    let acting: Vec<&Elem<'_>> = match (mode, decision) {
-        (PolicyMode::Shadow, _) => Vec::new(),
-        (_, Decision::Deny) => deny.iter().filter(|e| !e.shadow).collect(),
-        (_, Decision::RequireApproval) => approval.iter().filter(|e| !e.shadow).collect(),
-        (_, Decision::Allow) => allow.iter().filter(|e| !e.shadow).collect(),
-    };
-    let (acting_rule_ids, acting_reason) = match acting.first() {
-        Some(first) => (acting.iter().map(|e| e.id.to_string()).collect(), first.reason.to_string()),
-        None if mode == PolicyMode::Shadow => (rule_ids.clone(), reason.clone()),
-        None => (vec![DEFAULT_RULE.to_string()], format!("no rule matched; policy.default is {}", decision.as_str())),
+        // The enforced elements that decided come first (a refusal names the
+        // first), then the shadowed ones behind what the rules asked for.
+        let mut ids: Vec<String> = Vec::new();
+        let acting = set_of(decision).iter().filter(|e| !e.shadow);
+        let reason = match acting.clone().next() {
+            Some(first) => first.reason.to_string(),
+            None => {
+                ids.push(DEFAULT_RULE.to_string());
+                default_reason(decision)
+            }
+        };
+        ids.extend(acting.map(|e| e.id.to_string()));
+        for e in set_of(matched).iter().filter(|e| e.shadow) {
+            if !ids.iter().any(|i| i == e.id) {
+                ids.push(e.id.to_string());
+            }
+        }
+        (ids, reason)
     };
     // The plan used to hold counts only enforced elements, whatever else matched (a
     // shadowed deny next to an enforced approval still holds). When every approval
     // is shadowed, the plan describes what would have been asked.
-    let plan = if decision == Decision::RequireApproval {
-        if acting.len() == approval.len() {
-            all_plan
-        } else {
-            let owned: Vec<Elem<'_>> =
-                acting.iter().map(|e| Elem { id: e.id, reason: e.reason, shadow: e.shadow, obj: e.obj }).collect();
-            Some(plan(&owned, known_routes)?)
-        }
-    } else if matched == Decision::RequireApproval {
+    let plan = if decision == Decision::RequireApproval && approval.iter().any(|e| e.shadow) {
+        let enforced: Vec<Elem<'_>> = approval
+            .iter()
+            .filter(|e| !e.shadow)
+            .map(|e| Elem { id: e.id, reason: e.reason, shadow: e.shadow, obj: e.obj })
+            .collect();
+        Some(plan(&enforced, known_routes)?)
+    } else if decision == Decision::RequireApproval || matched == Decision::RequireApproval {
         all_plan
     } else {
         None
     };
-    Ok(Verdict { decision, matched, rule_ids, reason, acting_rule_ids, acting_reason, plan, error: None })
+    Ok(Verdict { decision, matched, rule_ids, reason, plan, error: None })
 }
 
 #[cfg(test)]
@@ -430,7 +437,7 @@ mod tests {
         });
         assert_eq!((v.decision, v.matched), (Decision::Allow, Decision::RequireApproval));
         assert!(v.shadowed());
-        assert_eq!(v.rule_ids, ["p"]);
+        assert_eq!(v.rule_ids, ["a", "p"], "the allow that acted, then the shadowed approval");
         let v =
             run(RuleSets { deny: vec![json!({"id": "d", "reason": "no", "mode": "shadow"})], ..Default::default() });
         assert_eq!((v.decision, v.matched), (Decision::Deny, Decision::Deny), "default deny still applies");
@@ -456,9 +463,8 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((v.decision, v.matched), (Decision::RequireApproval, Decision::Deny));
-        assert_eq!(v.rule_ids, ["sd"], "the record names what the rules asked for");
-        assert_eq!(v.acting_rule_ids, ["p"]);
-        assert_eq!(v.acting_reason, "reason p");
+        assert_eq!(v.rule_ids, ["p", "sd"], "the acting rule first, then the shadowed one");
+        assert_eq!(v.reason, "reason p");
         let plan = v.plan.expect("a plan whenever the decision holds");
         assert_eq!(plan.routes, ["finance-oncall"], "shadowed approvals choose no route");
         assert_eq!(plan.rule_ids, ["p"]);
@@ -476,11 +482,13 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(v.decision, Decision::Deny);
-        assert_eq!((v.deny_rule(), v.acting_reason.as_str()), ("d", "no"));
+        assert_eq!((v.deny_rule(), v.reason.as_str()), ("d", "no"));
+        assert_eq!(v.rule_ids, ["d", "sd"]);
         let v = run(RuleSets { approval: vec![appr("sp", json!({"mode": "shadow"}))], ..Default::default() });
         assert_eq!((v.decision, v.matched), (Decision::Deny, Decision::RequireApproval));
         assert_eq!(v.deny_rule(), DEFAULT_RULE);
-        assert_eq!(v.acting_reason, "no rule matched; policy.default is deny");
+        assert_eq!(v.rule_ids, [DEFAULT_RULE, "sp"]);
+        assert_eq!(v.reason, "no rule matched; policy.default is deny");
         assert_eq!(v.plan.map(|p| p.rule_ids), Some(vec!["sp".to_string()]), "what would have been asked");
     }
 }

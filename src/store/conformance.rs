@@ -97,6 +97,7 @@ where
     shutdown_and_purge(make().await).await;
     claim_once_remembers_for_its_ttl(make().await).await;
     meta_values_live_for_their_ttl(make().await).await;
+    set_meta_once_keeps_the_first_value(make().await).await;
 }
 
 async fn meta_values_live_for_their_ttl<S: ApprovalStore>(s: S) {
@@ -107,6 +108,25 @@ async fn meta_values_live_for_their_ttl<S: ApprovalStore>(s: S) {
     s.set_meta("slack:apr_1", "C1/2", ttl, T0).await.unwrap();
     assert_eq!(s.get_meta("slack:apr_1", T0).await.unwrap().as_deref(), Some("C1/2"), "overwritten");
     assert_eq!(s.get_meta("slack:apr_1", T0.plus(ttl)).await.unwrap(), None, "expired");
+}
+
+async fn set_meta_once_keeps_the_first_value<S: ApprovalStore>(s: S) {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(s.set_meta_once("idem:k", "fp-a", ttl, T0).await.unwrap(), None, "set");
+    assert_eq!(s.set_meta_once("idem:k", "fp-b", ttl, T0).await.unwrap().as_deref(), Some("fp-a"));
+    assert_eq!(s.get_meta("idem:k", T0).await.unwrap().as_deref(), Some("fp-a"), "not overwritten");
+    assert_eq!(s.set_meta_once("idem:k", "fp-c", ttl, T0.plus(ttl)).await.unwrap(), None, "expired: set again");
+    // Concurrent callers: exactly one sets, the others see its value.
+    let (a, b, c, d) = tokio::join!(
+        s.set_meta_once("idem:race", "1", ttl, T0),
+        s.set_meta_once("idem:race", "2", ttl, T0),
+        s.set_meta_once("idem:race", "3", ttl, T0),
+        s.set_meta_once("idem:race", "4", ttl, T0),
+    );
+    let got = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    assert_eq!(got.iter().filter(|g| g.is_none()).count(), 1, "{got:?}");
+    let first = s.get_meta("idem:race", T0).await.unwrap().unwrap();
+    assert!(got.iter().flatten().all(|v| *v == first), "{got:?}");
 }
 
 async fn claim_once_remembers_for_its_ttl<S: ApprovalStore>(s: S) {

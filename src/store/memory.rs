@@ -291,6 +291,23 @@ impl ApprovalStore for MemoryStore {
         Ok(())
     }
 
+    async fn set_meta_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError> {
+        let mut g = self.lock();
+        if let Some((v, until)) = g.meta.get(key) {
+            if *until > now {
+                return Ok(Some(v.clone()));
+            }
+        }
+        g.meta.insert(key.to_string(), (value.to_string(), now.plus(ttl)));
+        Ok(None)
+    }
+
     async fn get_meta(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
         Ok(self.lock().meta.get(key).filter(|(_, until)| *until > now).map(|(v, _)| v.clone()))
     }

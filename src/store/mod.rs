@@ -182,6 +182,15 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// approval card, so any replica can update it.
     async fn set_meta(&self, key: &str, value: &str, ttl: Duration, now: Timestamp) -> Result<(), StoreError>;
     async fn get_meta(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError>;
+    /// Sets `key` to `value` for `ttl` unless it holds a live value, in one atomic
+    /// step; returns the live value it already held (`None`: this call set it).
+    async fn set_meta_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError>;
     /// Health check.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Called on shutdown. The memory store interrupts every pending approval

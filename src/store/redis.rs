@@ -127,6 +127,7 @@ struct Scripts {
     take_due: Script,
     purge_one: Script,
     claim_once: Script,
+    set_meta_once: Script,
 }
 
 impl Scripts {
@@ -141,6 +142,7 @@ impl Scripts {
             take_due: Script::new(TAKE_DUE_LUA),
             purge_one: Script::new(PURGE_ONE_LUA),
             claim_once: Script::new(CLAIM_ONCE_LUA),
+            set_meta_once: Script::new(SET_META_ONCE_LUA),
         }
     }
 }
@@ -279,6 +281,20 @@ local v = redis.call('GET', KEYS[1])
 if v and tonumber(v) > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
+"#;
+
+/// Sets a meta value unless a live one is there; returns the live one (nil when
+/// it set). KEYS: meta key. ARGV: now, "<until>|<value>", ttl in ms.
+const SET_META_ONCE_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, '|', 1, true)
+  if sep and tonumber(string.sub(v, 1, sep - 1)) > tonumber(ARGV[1]) then
+    return string.sub(v, sep + 1)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return false
 "#;
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -942,6 +958,24 @@ impl ApprovalStore for RedisStore {
         let mut c = self.conn.clone();
         let v = format!("{}|{value}", now.plus(ttl).0);
         self.timed(c.pset_ex::<_, _, ()>(format!("{}meta:{key}", self.prefix), v, ms(ttl).max(1))).await
+    }
+
+    async fn set_meta_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<String>, StoreError> {
+        self.invoke(
+            self.scripts
+                .set_meta_once
+                .key(format!("{}meta:{key}", self.prefix))
+                .arg(now.0)
+                .arg(format!("{}|{value}", now.plus(ttl).0))
+                .arg(ms(ttl).max(1)),
+        )
+        .await
     }
 
     async fn get_meta(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError> {

@@ -270,6 +270,11 @@ deny contains {"id": "refund.freeze", "reason": "would freeze refunds", "mode": 
     assert_eq!(decision["decision"], "require_approval");
     assert_eq!(decision["matched"], "deny");
     assert_eq!(decision["shadow"], true);
+    assert_eq!(
+        decision["rule_ids"],
+        serde_json::json!(["stripe.refund.large", "refund.freeze"]),
+        "the rule that held first, then the shadowed one"
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -305,6 +310,8 @@ async fn an_idempotency_key_reused_with_other_bytes_is_refused() {
     let r = app.refund(250000, &[("prefer", "wait=0"), ("idempotency-key", "k-1")]).await;
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.error_type(), "idempotency_conflict");
+    let refused = app.records().into_iter().filter(|r| r["kind"] == "decision" && r["decision"] == "deny").count();
+    assert_eq!(refused, 1, "the conflict is recorded");
     let r = app.refund(240000, &[("prefer", "wait=0"), ("idempotency-key", "k-2")]).await;
     assert_eq!(r.error_type(), "approval_pending");
     assert_eq!(app.pending().await.len(), 1, "one approval for one action");

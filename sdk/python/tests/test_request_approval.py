@@ -178,12 +178,22 @@ def test_idempotency_key_is_bound_to_action_and_payload(server: Server, unique: 
         # Another action under the same key is refused, never answered with the
         # first call's approval.
         with pytest.raises(Conflict) as info:
-            client.request_approval("cancel_subscription", payload, timeout=0, idempotency_key=key)
+            client.request_approval("read_record", payload, timeout=0, idempotency_key=key)
         assert info.value.error_type == "idempotency_conflict"
         # The same call under another key (or none) is the same action: one approval.
         b = client.request_approval("issue_refund", payload, timeout=0, idempotency_key=f"{key}-other")
         c = client.request_approval("issue_refund", payload, timeout=0)
     assert a.pending and b.approval_id == a.approval_id and c.approval_id == a.approval_id
+
+
+def test_a_denied_call_reserves_no_idempotency_key(server: Server, unique: str) -> None:
+    key = f"idem-denied-{unique}"
+    with ApprovalPlane(server.url, server.token) as client:
+        denied = client.request_approval("drop_database", {"db": unique}, timeout=0, idempotency_key=key)
+        assert denied.status == "denied"
+        # The corrected call may use the same key: nothing was opened under it.
+        fixed = client.request_approval("issue_refund", {"order": unique}, timeout=0, idempotency_key=key)
+    assert fixed.pending
 
 
 def test_policy_denial_is_a_decision(server: Server, unique: str) -> None:

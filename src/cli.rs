@@ -280,7 +280,26 @@ fn config_check(path: &Path) -> ExitCode {
 /// warning here): the audit signing key, the upstreams (their `ca_file`s) and MCP
 /// servers, and the webhook and ntfy URLs.
 fn serve_checks(cfg: &Config, secrets: &Secrets, policy: Arc<PolicyBundle>) -> Result<(), AppError> {
-    crate::app::writer_options(cfg, "config-check")?;
+    // The signing key is a secret file: one this user cannot read (a CI runner
+    // without the key's owner) is a warning, like an unset variable; one that
+    // reads but is not a key is an error.
+    let key_readable = match &cfg.audit.signing_key_file {
+        Some(p) => match std::fs::File::open(p) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: audit.signing_key_file: cannot read {}: {e} (serve needs it)",
+                    cfg.file.display(),
+                    p.display()
+                );
+                false
+            }
+        },
+        None => true,
+    };
+    if key_readable {
+        crate::app::writer_options(cfg, "config-check")?;
+    }
     crate::app::build_live(cfg, secrets, policy)?;
     crate::notify::check_urls(cfg, secrets).map_err(|e| {
         let (key, message) = match e {

@@ -119,7 +119,15 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("server.reject_memory", old.server.reject_memory != new.server.reject_memory);
     check("store", old.store.backend != new.store.backend || old.store.redis_url != new.store.redis_url);
     check("audit.path", old.audit.path != new.audit.path);
-    check("slack", old.slack.is_some() != new.slack.is_some());
+    // Notifiers are built at start: a new webhook or ntfy target needs a restart
+    // (the values of existing ones are re-read on reload).
+    let targets = |c: &Config| -> Vec<(String, bool, bool)> {
+        let mut t: Vec<_> =
+            c.routes.iter().map(|(n, r)| (n.clone(), r.webhook_url.is_some(), r.ntfy_url.is_some())).collect();
+        t.extend(c.approvers.iter().map(|a| (format!("approver {}", a.id), false, a.ntfy_url.is_some())));
+        t
+    };
+    check("routes (webhook and ntfy targets)", targets(old) != targets(new));
     v
 }
 
@@ -152,6 +160,9 @@ impl Reloader {
                 for k in &needs_restart {
                     tracing::warn!(key = %k, "changed, but takes effect only after a restart");
                 }
+                for w in cfg.warnings() {
+                    tracing::warn!(warning = %w, "config");
+                }
                 tracing::info!(policy_bundle = %hash, trigger, "reloaded");
                 *current = cfg;
                 Ok(Reloaded { policy_bundle: hash, needs_restart })
@@ -175,7 +186,22 @@ impl Reloader {
         &self,
         current: &Config,
     ) -> Result<(Config, Secrets, crate::gate::Live, Vec<String>), ReloadError> {
-        let cfg = Config::load(&self.path).map_err(|e| ReloadError::Config(e.to_string()))?;
+        // Off the runtime: a listener given as a host name is resolved while loading.
+        let path = self.path.clone();
+        let cfg = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Config(e.to_string()))?
+            .map_err(|e| ReloadError::Config(e.to_string()))?;
+        // The running Slack service keeps its mode and API base; a reload that
+        // changes them (or adds or drops [slack]) would leave it reading secrets its
+        // mode does not have. Refused, so nothing changes until a restart.
+        let slack_shape = |c: &Config| c.slack.as_ref().map(|s| (s.mode, s.api_base.clone()));
+        if slack_shape(current) != slack_shape(&cfg) {
+            return Err(ReloadError::Config(format!(
+                "{}: slack: [slack], slack.mode or slack.api_base changed: restart to apply it",
+                cfg.file.display()
+            )));
+        }
         cfg.check_files().map_err(|e| ReloadError::Config(e.to_string()))?;
         let (secrets, missing) =
             cfg.resolve_secrets(self.env.as_ref()).map_err(|e| ReloadError::Config(e.to_string()))?;

@@ -180,6 +180,20 @@ async fn slack_signing_secret_and_bot_token_files_are_rotated_by_a_reload() {
     let posted = slack.ok_calls("chat.postMessage", |_| true);
     assert!(!posted.is_empty());
     assert!(posted.iter().all(|c| c.authorization.as_deref() == Some(&format!("Bearer {BOT_TOKEN}"))));
+
+    // A reload that changes the running Slack's mode is refused: the HTTP
+    // callbacks keep working with the secret in use.
+    let config = app.dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[slack]\n", "[slack]\nmode = \"socket\"\napp_token_env = \"AP_UNSET_APP\"\n"),
+    )
+    .unwrap();
+    let e = app.reloader.reload("sighup").await.unwrap_err();
+    assert!(e.to_string().contains("slack.mode or slack.api_base changed"), "{e}");
+    let r = click(NEW_SIGNING, b.clone()).await;
+    assert_eq!(r.status, 200, "still served over HTTP: {}", r.text());
 }
 
 #[tokio::test]

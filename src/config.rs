@@ -867,12 +867,12 @@ impl Validator<'_> {
             if url.query().is_some() {
                 return Err(self.err(k("url"), "must not have a query"));
             }
-            if points_at(&u.url, &url, control_listen) {
+            if points_at(&u.url, &url, control_listen, &s.control_listen) {
                 return Err(
                     self.err(k("url"), "points at server.control_listen: an agent could reach the decision endpoints")
                 );
             }
-            if points_at(&u.url, &url, listen) {
+            if points_at(&u.url, &url, listen, &s.listen) {
                 return Err(self.err(k("url"), "points at server.listen: the proxy would loop"));
             }
             let inject_header = match &u.inject_header {
@@ -1176,7 +1176,7 @@ impl Validator<'_> {
                     if !matches!(url.scheme_str(), Some("http" | "https")) {
                         return Err(self.err(k("url"), "must be an http:// or https:// URL"));
                     }
-                    if points_at(u, &url, control_listen) {
+                    if points_at(u, &url, control_listen, &raw.server.control_listen) {
                         return Err(self.err(k("url"), "points at server.control_listen"));
                     }
                     McpTransport::Http { url }
@@ -1308,7 +1308,9 @@ fn host_ip(text: &str, url: &Uri) -> Option<IpAddr> {
 /// Whether `url` (its text and its parsed form) would connect to `addr`: the same
 /// port, and the same address, or a loopback address when `addr` is loopback, or
 /// any address when either side is unspecified (`0.0.0.0`, `::`).
-fn points_at(text: &str, url: &Uri, addr: SocketAddr) -> bool {
+/// `listener` is the listener as the config wrote it: an upstream that names the
+/// same host name (case and a trailing dot aside) points at it too.
+fn points_at(text: &str, url: &Uri, addr: SocketAddr, listener: &str) -> bool {
     let port = url.port_u16().unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
     if port != addr.port() {
         return false;
@@ -1316,7 +1318,11 @@ fn points_at(text: &str, url: &Uri, addr: SocketAddr) -> bool {
     let at = addr.ip().to_canonical();
     match host_ip(text, url) {
         Some(ip) => ip == at || at.is_unspecified() || ip.is_unspecified() || (ip.is_loopback() && at.is_loopback()),
-        None => false,
+        None => {
+            let name = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+            let listener_host = listener.rsplit_once(':').map_or(listener, |(h, _)| h);
+            url.host().is_some_and(|h| !h.is_empty() && name(h) == name(listener_host))
+        }
     }
 }
 
@@ -1472,6 +1478,15 @@ rules = "rules"
         let text =
             MIN.replace("127.0.0.1:9090", "localhost:9090").replace("https://api.stripe.com", "http://127.1:9090");
         assert_eq!(parse(&text).unwrap_err().key, "upstream[0].url");
+        // The listener's own host name, in another case and with a trailing dot.
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+        let listener = format!("{host}:9090");
+        if !host.is_empty() && std::net::ToSocketAddrs::to_socket_addrs(&listener).is_ok() {
+            let text = MIN
+                .replace("127.0.0.1:9090", &listener)
+                .replace("https://api.stripe.com", &format!("http://{}.:9090", host.to_uppercase()));
+            assert_eq!(parse(&text).unwrap_err().key, "upstream[0].url", "{host}");
+        }
     }
 
     #[test]

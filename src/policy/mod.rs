@@ -243,6 +243,7 @@ fn build_engine_with_data(
             return Err(PolicyError::Package { path: f.clone(), package });
         }
     }
+    check_rule_kinds(&engine)?;
     let mut data = regorus::Value::new_object();
     if let Some(d) = &src.data_file {
         let text = std::fs::read_to_string(d).map_err(|source| PolicyError::Read { path: d.clone(), source })?;
@@ -263,6 +264,55 @@ fn build_engine_with_data(
         engine.add_data(data.clone()).map_err(|e| PolicyError::Data { path: d.clone(), message: e.to_string() })?;
     }
     Ok((engine, files, format!("sha256:{}", hex::encode(hasher.finalize())), data, vm_safe))
+}
+
+/// Refuses a name defined both as a function and as a value (or set) in one
+/// package. regorus 0.14.1 accepts such a bundle, and its bytecode VM then recurses
+/// without end on the first request that reaches the name, which would take the
+/// whole process down: the load fails instead, naming both places.
+fn check_rule_kinds(engine: &Engine) -> Result<(), PolicyError> {
+    fn root(v: &Value) -> Option<(&str, u64)> {
+        if let Some(var) = v.get("Var") {
+            return Some((var.get("value")?.as_str()?, var.get("span")?.get("line")?.as_u64()?));
+        }
+        ["RefDot", "RefBrack"].iter().find_map(|k| root(v.get(*k)?.get("refr")?))
+    }
+    let ast = engine.get_ast_as_json().map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let modules: Value = serde_json::from_str(&ast).map_err(|e| PolicyError::Compile(e.to_string()))?;
+    // (package, name) -> (a function?, "file:line")
+    let mut seen: std::collections::HashMap<(String, String), (bool, String)> = Default::default();
+    for m in modules.as_array().into_iter().flatten() {
+        let file = m["source"]["file"].as_str().unwrap_or("?");
+        let package = root(&m["ast"]["package"]["refr"]).map_or(String::new(), |(p, _)| p.to_string());
+        for r in m["ast"]["rules"].as_array().into_iter().flatten() {
+            let (refr, function) = if let Some(head) = r.get("Spec").map(|s| &s["head"]) {
+                match (head.get("Func"), head.get("Compr").or_else(|| head.get("Set"))) {
+                    (Some(f), _) => (&f["refr"], true),
+                    (None, Some(v)) => (&v["refr"], false),
+                    (None, None) => continue,
+                }
+            } else if let Some(d) = r.get("Default") {
+                (&d["refr"], d["args"].as_array().is_some_and(|a| !a.is_empty()))
+            } else {
+                continue;
+            };
+            let Some((name, line)) = root(refr) else { continue };
+            let here = format!("{file}:{line}");
+            match seen.get(&(package.clone(), name.to_string())) {
+                Some((f, there)) if *f != function => {
+                    return Err(PolicyError::Compile(format!(
+                        "{here}: {name} is defined both as a function and as a value (also at {there}); \
+                         give one of them another name"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert((package.clone(), name.to_string()), (function, here));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl PolicyBundle {
@@ -454,6 +504,17 @@ allow contains {"id": "get", "reason": "reads are fine"} if input.request.method
 
     fn req(method: &str, amount: &str) -> Value {
         json!({"kind": "http", "request": {"method": method, "path": "/v1/refunds", "parsed_body": {"amount": amount}}})
+    }
+
+    /// regorus accepts a name used for a function and a value, and its VM then
+    /// recurses without end: the load refuses it, naming the file and line.
+    #[test]
+    fn a_name_defined_as_function_and_value_is_refused() {
+        let text = "package approvalplane\n\nentry(e) if is_object(e)\n\nentry := e if {\n    e = input.x\n}\n";
+        let e = bundle(&[("bad.rego", text)]).expect_err("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("bad.rego:5") && msg.contains("entry is defined both"), "{msg}");
+        assert!(bundle(&[("ok.rego", REFUNDS)]).is_ok());
     }
 
     #[test]

@@ -32,7 +32,11 @@ async fn a_shadowed_approval_rule_lets_the_request_through_and_records_it() {
         .expect("a shadow decision record");
     assert_eq!(rec["decision"], "allow");
     assert_eq!(rec["matched"], "require_approval");
-    assert_eq!(rec["rule_ids"], serde_json::json!(["refund.shadowed"]));
+    assert_eq!(
+        rec["rule_ids"],
+        serde_json::json!(["all", "refund.shadowed"]),
+        "the allow that acted, then the shadowed approval"
+    );
     let m = call("GET", &format!("{}/metrics", app.control), &[], "").await.text();
     assert!(
         m.contains("approvalplane_shadow_decisions_total{upstream=\"stripe\",decision=\"require_approval\"} 1"),

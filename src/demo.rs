@@ -124,7 +124,16 @@ pub fn steps(cfg: &Config) -> String {
 
 6. Verify the audit trail:
    approvalplane audit verify {audit}
+
+Also try:
+  - the approver web page (phone-sized): http://{c}/ui   (sign in with alice's token)
+  - an agent that asks first, with the Python SDK (pip install ./sdk/python):
+      export APPROVALPLANE_URL=http://{a} APPROVALPLANE_TOKEN={AGENT_TOKEN}
+      python3 -c 'from approvalplane import request_approval as r; print(r(action="issue_refund", payload={{"customer": "cus_4193", "amount": 2400.00}}, risk="high", timeout=0))'
+  - the same as MCP tools over stdio (request_approval, get_approval):
+      DEMO_AGENT_TOKEN={AGENT_TOKEN} approvalplane mcp --config {config}
 "#,
-        audit = cfg.audit.path.display()
+        audit = cfg.audit.path.display(),
+        config = cfg.file.display()
     )
 }

@@ -219,7 +219,7 @@ pub fn pending_card(a: &Approval, escalate_to: Option<&str>, now: Timestamp) -> 
         "<li class=\"card risk-edge-{risk}\" data-id=\"{id}\">\n<a class=\"card-link\" href=\"/ui/approvals/{id}\">\n\
          <div class=\"card-head\"><span class=\"action\">{action}</span>{badge}</div>\n\
          <div class=\"meta\"><span class=\"agent\">{agent}</span> · <span class=\"route\">{route}</span></div>\n\
-         <p class=\"risk-reason\">{reason}</p>\n{summary}\n",
+         <p class=\"risk-reason\">{reason}</p>\n{summary}\n{justification}",
         risk = a.risk.as_str(),
         id = esc(&a.id),
         action = esc(&a.action),
@@ -228,6 +228,16 @@ pub fn pending_card(a: &Approval, escalate_to: Option<&str>, now: Timestamp) -> 
         route = esc(&a.routes.join(", ")),
         reason = esc(&a.risk_reason),
         summary = summary(a),
+        // Before the decision form: the approver reads the agent's why first.
+        justification = a
+            .justification
+            .as_ref()
+            .map(|j| format!(
+                "<div class=\"justification\"><h3>Agent's justification <small>(model-inferred, not verified)</small></h3>\
+                 <blockquote>{}</blockquote></div>\n",
+                esc(j)
+            ))
+            .unwrap_or_default(),
     );
     let esc_line = escalation(a, escalate_to, now);
     let _ = write!(
@@ -385,14 +395,6 @@ pub fn detail(d: &Detail<'_>) -> String {
     row(&mut m, "Body SHA-256", &format!("<code class=\"digest\">{}</code>", esc(&a.body_sha256)));
     row(&mut m, "Requested", &format!("<time datetime=\"{0}\">{0}</time>", a.created_at.rfc3339_seconds()));
     m.push_str("</dl>");
-    if let Some(j) = &a.justification {
-        let _ = write!(
-            m,
-            "<div class=\"justification\"><h3>Agent's justification <small>(model-inferred, not verified)</small></h3>\
-             <blockquote>{}</blockquote></div>",
-            esc(j)
-        );
-    }
     if let Some(p) = &d.payload {
         let _ = write!(m, "<h3>Payload</h3><pre class=\"payload\">{}</pre>", esc(p));
     }

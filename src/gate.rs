@@ -464,20 +464,8 @@ impl Gate {
                 // An Idempotency-Key never separates two requests, but reusing one
                 // with other bytes is refused while its approval may be used.
                 if let Some((_, key)) = a.req.headers.iter().find(|(k, _)| k == "idempotency-key") {
-                    let lifetime = plan.expires_after.unwrap_or_default().max(self.settings.default_expires_after);
                     let scope = format!("http\0{}\0{}", a.agent, a.req.upstream);
-                    let ttl = lifetime + self.settings.grant_ttl;
-                    let f = self.remember_idempotency_key(
-                        &scope,
-                        key,
-                        &fp,
-                        ttl,
-                        now,
-                        &subject,
-                        &a.request_id,
-                        verdict.matched,
-                        None,
-                    );
+                    let f = self.remember_idempotency_key(&scope, key, &fp, &verdict, &subject, &a.request_id, None);
                     Box::pin(f).await?;
                 }
                 let candidate = self.new_approval(&fp, Entrance::Http, &subject, &plan, a.justification.clone(), now);
@@ -891,13 +879,15 @@ impl Gate {
         scope: &str,
         key: &str,
         fp: &str,
-        ttl: Duration,
-        now: crate::clock::Timestamp,
+        verdict: &crate::policy::Verdict,
         subject: &Subject,
         request_id: &str,
-        matched: Decision,
         payload_json: Option<&str>,
     ) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        let lifetime = verdict.plan.as_ref().and_then(|p| p.expires_after).unwrap_or_default();
+        let ttl = lifetime.max(self.settings.default_expires_after) + self.settings.grant_ttl;
+        let matched = verdict.matched;
         let meta = format!("idem:{}", fingerprint::idempotency_key(scope, key));
         // One atomic step: two requests racing with one key cannot both take it.
         let first = self.store.set_meta_once(&meta, fp, ttl, now).await.map_err(|e| {
@@ -967,20 +957,8 @@ impl Gate {
         let fp = fingerprint::api(&a.agent, &a.action, &canonical_payload);
         // A denied call reserves no key: nothing was opened that a retry could reuse.
         if let (Some(key), false) = (&a.idempotency_key, verdict.decision == Decision::Deny) {
-            let lifetime = verdict.plan.as_ref().and_then(|p| p.expires_after).unwrap_or_default();
-            let ttl = lifetime.max(self.settings.default_expires_after) + self.settings.grant_ttl;
-            self.remember_idempotency_key(
-                &a.agent,
-                key,
-                &fp,
-                ttl,
-                now,
-                &subject,
-                &a.request_id,
-                verdict.matched,
-                Some(&canonical_payload),
-            )
-            .await?;
+            let payload = Some(canonical_payload.as_str());
+            self.remember_idempotency_key(&a.agent, key, &fp, &verdict, &subject, &a.request_id, payload).await?;
         }
         let reuse = Reuse::Ask { grant_ttl: self.settings.grant_ttl };
         match verdict.decision {

@@ -250,7 +250,7 @@ fn config_check(path: &Path) -> ExitCode {
             for m in missing {
                 eprintln!("warning: {m} (serve needs it)");
             }
-            for w in cfg.warnings() {
+            for w in cfg.warnings().into_iter().chain(cfg.secret_warnings(&secrets)) {
                 eprintln!("warning: {w}");
             }
             secrets
@@ -500,6 +500,9 @@ fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    for w in cfg.secret_warnings(&secrets) {
+        tracing::warn!(warning = %w, "config");
+    }
     run_server(cfg, secrets, None)
 }
 

@@ -24,6 +24,9 @@ use serde::Deserialize;
 /// Exit code for bad configuration (BSD `EX_USAGE`), part of the CLI contract.
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
+/// Agent and approver tokens shorter than this draw a warning.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// `store.redis_url` when `backend = "redis"` names none (as redis-cli's default).
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
@@ -648,6 +651,30 @@ impl Config {
             ));
         }
         w
+    }
+
+    /// Warnings about the values of the secrets that are set (never the values
+    /// themselves): agent and approver tokens shorter than [`MIN_TOKEN_LEN`] can be
+    /// guessed by anyone who can reach a listener.
+    pub fn secret_warnings(&self, secrets: &Secrets) -> Vec<String> {
+        let tokens = self
+            .agents
+            .iter()
+            .map(|a| (format!("agent {}", a.id), Some(&a.token)))
+            .chain(self.approvers.iter().map(|p| (format!("approver {}", p.id), p.token.as_ref())));
+        tokens
+            .filter_map(|(who, r)| {
+                let r = r?;
+                let v = secrets.get(r)?;
+                (v.expose().trim().chars().count() < MIN_TOKEN_LEN).then(|| {
+                    format!(
+                        "{}: {}: the token of {who} is shorter than {MIN_TOKEN_LEN} characters: use a long random one",
+                        self.file.display(),
+                        r.key()
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Checks that the files the config names exist, and that the directories it
@@ -1364,6 +1391,18 @@ rules = "rules"
 
     /// Every `[store]` key is optional (INTERFACE.md §2): Redis defaults to the local
     /// server, and a missing HMAC key is a warning, not a refusal.
+    #[test]
+    fn short_tokens_are_warned_about_by_key_never_by_value() {
+        let text = MIN.to_string()
+            + "[[agent]]\nid = \"a\"\ntoken_env = \"A\"\n[[approver]]\nid = \"alice\"\ntoken_env = \"B\"\n";
+        let c = parse(&text).unwrap();
+        let env = MapEnv::default().with("A", "short-1").with("B", "a-long-random-approver-token");
+        let (secrets, _) = c.resolve_secrets(&env).unwrap();
+        let w = c.secret_warnings(&secrets);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("agent[0].token_env") && !w[0].contains("short-1"), "{w:?}");
+    }
+
     #[test]
     fn a_redis_store_needs_no_url_and_no_key() {
         let c = parse(&(MIN.to_string() + "[store]\nbackend = \"redis\"\n")).unwrap();

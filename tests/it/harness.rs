@@ -135,6 +135,17 @@ impl FakeUpstream {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+
+    /// Waits (up to 10 s) until at least `n` requests have arrived.
+    pub async fn wait_count(&self, n: usize) {
+        for _ in 0..400 {
+            if self.count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the fake upstream saw {} requests, wanted {n}", self.count());
+    }
 }
 
 /// A self-signed CA and a server certificate for 127.0.0.1 / localhost.

@@ -115,16 +115,6 @@ fn fast_retry(attempts: u32) -> Retry {
     }
 }
 
-async fn wait_count(r: &FakeUpstream, n: usize) {
-    for _ in 0..200 {
-        if r.count() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("receiver saw {} requests, wanted {n}", r.count());
-}
-
 #[tokio::test]
 async fn webhook_posts_are_signed_and_retried_until_the_receiver_takes_them() {
     let rx = receiver(2, 503).await;
@@ -137,7 +127,7 @@ async fn webhook_posts_are_signed_and_retried_until_the_receiver_takes_them() {
     n.publish(Change::Opened, &approval("apr_00000000000000000001", "finance-oncall"));
     assert!(started.elapsed() < Duration::from_millis(50), "publish never waits on the network");
 
-    wait_count(&rx, 3).await;
+    rx.wait_count(3).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let got = rx.received();
     assert_eq!(got.len(), 3, "two failures, then one delivery, and nothing after it");
@@ -181,8 +171,8 @@ async fn a_webhook_that_keeps_failing_is_given_up_and_counted() {
     a.publish(Change::Decided, &ap);
     b.publish(Change::Decided, &ap);
     c.publish(Change::Decided, &ap);
-    wait_count(&down, 3).await;
-    wait_count(&refusing, 1).await;
+    down.wait_count(3).await;
+    refusing.wait_count(1).await;
     let want = "approvalplane_notifier_errors_total{notifier=\"webhook\"} 3";
     for _ in 0..100 {
         if metrics.render().contains(want) {
@@ -218,7 +208,7 @@ async fn the_running_server_sends_signed_webhooks_and_phone_pushes_with_a_person
     let id = r.json()["error"]["approval_id"].as_str().expect("id").to_string();
 
     // The route's push and alice's own; bob has no topic, so nothing for him.
-    wait_count(&ntfy, 2).await;
+    ntfy.wait_count(2).await;
     let pushes: Vec<Value> = ntfy.received().iter().map(|r| serde_json::from_slice(&r.body).expect("json")).collect();
     assert!(ntfy.received().iter().all(|r| r.path == "/" && r.method == "POST"), "JSON is published to the server");
     let route = pushes.iter().find(|p| p["topic"] == "finance-oncall").expect("route push");
@@ -252,7 +242,7 @@ async fn the_running_server_sends_signed_webhooks_and_phone_pushes_with_a_person
     assert_eq!(r.headers["location"].to_str().expect("ascii"), format!("/ui/approvals/{id}"));
 
     // The webhook failed once (502), then was delivered, signed.
-    wait_count(&hooks, 2).await;
+    hooks.wait_count(2).await;
     let got = hooks.received();
     assert!(got.iter().all(|r| signature_ok(r, SECRET)));
     let body: Value = serde_json::from_slice(&got[1].body).expect("json");
@@ -260,13 +250,13 @@ async fn the_running_server_sends_signed_webhooks_and_phone_pushes_with_a_person
 
     // A decision goes out too.
     assert_eq!(app.decide(BOB, &id, "approve", None).await.status, 200);
-    wait_count(&hooks, 3).await;
+    hooks.wait_count(3).await;
     let body: Value = serde_json::from_slice(&hooks.received()[2].body).expect("json");
     assert_eq!(
         (body["type"].as_str(), body["approval"]["status"].as_str()),
         (Some("approval.decided"), Some("approved"))
     );
-    wait_count(&ntfy, 3).await;
+    ntfy.wait_count(3).await;
     let last: Value = serde_json::from_slice(&ntfy.received()[2].body).expect("json");
     assert_eq!(
         (last["topic"].as_str(), last["title"].as_str()),
@@ -289,7 +279,7 @@ async fn a_webhook_without_a_secret_is_sent_unsigned_and_warned_about() {
     let n =
         WebhookNotifier::new("finance-oncall", live, "https://approvals.example.com", outbox, Arc::new(SystemClock));
     n.publish(Change::Opened, &approval("apr_00000000000000000003", "finance-oncall"));
-    wait_count(&rx, 1).await;
+    rx.wait_count(1).await;
     let got = rx.received();
     assert!(got[0].headers.get(SIGNATURE_HEADER).is_none(), "unsigned");
     assert!(got[0].headers.get(TIMESTAMP_HEADER).is_some());

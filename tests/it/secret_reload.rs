@@ -23,16 +23,6 @@ async fn metrics_status(control: &str, token: &str) -> u16 {
     call("GET", &format!("{control}/metrics"), &[("authorization", &format!("Bearer {token}"))], "").await.status
 }
 
-async fn wait_count(r: &FakeUpstream, n: usize) {
-    for _ in 0..400 {
-        if r.count() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("receiver saw {} requests, wanted {n}", r.count());
-}
-
 /// The pending approval's id for a refund of `amount`.
 async fn pending_refund(app: &TestApp, amount: u64) -> String {
     let r = app.refund(amount, &[("prefer", "wait=0")]).await;
@@ -220,8 +210,8 @@ async fn webhook_and_ntfy_files_are_rotated_by_a_reload_and_a_refused_one_change
     let app = TestApp::start(o).await;
 
     pending_refund(&app, 240000).await;
-    wait_count(&hooks_a, 1).await;
-    wait_count(&ntfy_a, 1).await;
+    hooks_a.wait_count(1).await;
+    ntfy_a.wait_count(1).await;
     assert!(signature_ok(&hooks_a.received()[0], OLD));
 
     std::fs::write(&url_file, format!("http://{}/hooks/b", hooks_b.addr)).unwrap();
@@ -230,8 +220,8 @@ async fn webhook_and_ntfy_files_are_rotated_by_a_reload_and_a_refused_one_change
     app.reloader.reload("sighup").await.expect("reloads");
 
     let b = pending_refund(&app, 250000).await;
-    wait_count(&hooks_b, 1).await;
-    wait_count(&ntfy_b, 1).await;
+    hooks_b.wait_count(1).await;
+    ntfy_b.wait_count(1).await;
     let hook = &hooks_b.received()[0];
     assert_eq!(hook.path, "/hooks/b");
     assert!(signature_ok(hook, NEW), "the next webhook is signed with the new secret");
@@ -248,9 +238,9 @@ async fn webhook_and_ntfy_files_are_rotated_by_a_reload_and_a_refused_one_change
     assert!(e.to_string().contains("webhook_url_file"), "{e}");
     assert!(!e.to_string().contains("ftp://"), "the URL is a secret: {e}");
     pending_refund(&app, 260000).await;
-    wait_count(&hooks_b, 2).await;
+    hooks_b.wait_count(2).await;
     assert!(signature_ok(&hooks_b.received()[1], NEW), "a refused reload changes nothing");
-    wait_count(&ntfy_b, 2).await;
+    ntfy_b.wait_count(2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!((hooks_a.count(), ntfy_a.count()), (1, 1), "nothing more goes to the old URLs");
 }

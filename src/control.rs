@@ -30,6 +30,17 @@ const MAX_BULK: usize = 10_000;
 /// group commits and held requests are released together.
 const BULK_CONCURRENCY: usize = 256;
 
+/// One id's outcome in a bulk decision's `results`.
+#[derive(serde::Serialize)]
+struct BulkItem<'a> {
+    id: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<&'a Approval>,
+}
+
 /// State the control listener needs beyond the gate.
 pub struct Control {
     pub gate: Arc<Gate>,
@@ -277,28 +288,47 @@ impl Control {
                     Err(r) => return *r,
                 };
                 use futures_util::StreamExt;
-                // Each decision and its result document are made in a task of their
-                // own (see `Gate::decide_detached`), in order, BULK_CONCURRENCY at once.
-                let results: Vec<Value> = futures_util::stream::iter(b.ids)
+                // Each decision and its result item (encoded there, typed: no
+                // `Value` tree per approval) are made in a task of their own (see
+                // `Gate::decide_detached`), in order, BULK_CONCURRENCY at once.
+                let items: Vec<Vec<u8>> = futures_util::stream::iter(b.ids)
                     .map(|id| {
                         let (gate, who, reason) = (self.gate.clone(), who.clone(), b.reason.clone());
                         tokio::spawn(async move {
                             let r = gate.decide(&who, &id, v, reason, Channel::AdminApi).await;
                             let status = decision_status(&r).as_u16();
-                            match r {
-                                Ok(a) => json!({"id": id, "status": status, "approval": a.to_json()}),
-                                Err(DecideError::AlreadyDecided(a)) => {
-                                    json!({"id": id, "status": status, "error": "already_decided", "approval": a.to_json()})
-                                }
-                                Err(e) => json!({"id": id, "status": status, "error": e.to_string()}),
-                            }
+                            let item = match &r {
+                                Ok(a) => BulkItem { id: &id, status, error: None, approval: Some(a) },
+                                Err(DecideError::AlreadyDecided(a)) => BulkItem {
+                                    id: &id,
+                                    status,
+                                    error: Some("already_decided".into()),
+                                    approval: Some(a),
+                                },
+                                Err(e) => BulkItem { id: &id, status, error: Some(e.to_string()), approval: None },
+                            };
+                            serde_json::to_vec(&item).unwrap_or_default()
                         })
                     })
                     .buffered(BULK_CONCURRENCY)
-                    .map(|r| r.unwrap_or_else(|e| json!({"status": 500, "error": format!("decision task: {e}")})))
+                    .map(|r| {
+                        r.unwrap_or_else(|e| {
+                            serde_json::to_vec(&json!({"status": 500, "error": format!("decision task: {e}")}))
+                                .unwrap_or_default()
+                        })
+                    })
                     .collect()
                     .await;
-                respond::json(StatusCode::OK, &json!({"results": results}))
+                let mut body = Vec::with_capacity(16 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+                body.extend_from_slice(b"{\"results\":[");
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(item);
+                }
+                body.extend_from_slice(b"]}");
+                respond::json_bytes(StatusCode::OK, body)
             }
             (&Method::POST, ["approvals", id, "decision"]) => {
                 let v = match read_json(body).await {

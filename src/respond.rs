@@ -20,7 +20,12 @@ pub fn empty() -> Body {
 
 /// A JSON response.
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
+    json_bytes(status, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A JSON response from a document already encoded.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -91,6 +91,26 @@ async fn approvers_see_and_decide_only_their_routes_and_bulk_decisions() {
     let statuses: Vec<u64> =
         r.json()["results"].as_array().unwrap().iter().map(|x| x["status"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [200, 200, 200, 403]);
+    let results = r.json()["results"].clone();
+    for (n, id) in all.iter().enumerate() {
+        assert_eq!(results[n]["id"], id.as_str(), "{results}");
+    }
+    assert_eq!(results[0]["approval"]["status"], "rejected", "{results}");
+    assert_eq!(results[0]["approval"]["id"], ids[0].as_str());
+    assert!(results[0].get("error").is_none(), "{results}");
+    assert!(results[3]["error"].is_string() && results[3].get("approval").is_none(), "{results}");
+    // Deciding again: each item says already_decided and carries the approval.
+    let again = serde_json::json!({"ids": [ids[0]], "decision": "approve"}).to_string();
+    let r2 = call(
+        "POST",
+        &format!("{}/v1/admin/approvals/decision", app.control),
+        &[("authorization", &format!("Bearer {ALICE}"))],
+        &again,
+    )
+    .await;
+    let item = r2.json()["results"][0].clone();
+    assert_eq!((item["status"].as_u64(), item["error"].as_str()), (Some(409), Some("already_decided")), "{item}");
+    assert_eq!(item["approval"]["status"], "rejected", "{item}");
     assert!(list(ALICE).await["approvals"].as_array().unwrap().is_empty());
     assert_eq!(list(CAROL).await["approvals"].as_array().unwrap().len(), 1);
     // Malformed bodies change nothing.

@@ -62,8 +62,11 @@ pub async fn handle(gate: Arc<Gate>, req: Request<Incoming>) -> Response<Body> {
             refusal.response()
         }
     };
-    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    // The upstream's own X-Request-Id, on a relayed response, is left as it is.
+    if !resp.headers().contains_key(REQUEST_ID_HEADER) {
+        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
     }
     resp
 }
@@ -83,10 +86,15 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
             return bad("holds an encoded slash, backslash, dot or NUL");
         }
     }
+    // Anywhere, not only as a segment: `..;` and the like are traversals to some
+    // servers (Tomcat, Spring). A GitHub compare (`base...head`) is refused too.
+    if path.contains("..") {
+        return bad("holds ..");
+    }
     let segs: Vec<&str> = path[1..].split('/').collect();
     for (i, s) in segs.iter().enumerate() {
-        if *s == "." || *s == ".." {
-            return bad("holds a . or .. segment");
+        if *s == "." {
+            return bad("holds a . segment");
         }
         if s.is_empty() && i + 1 != segs.len() {
             return bad("holds an empty segment (//)");
@@ -286,10 +294,20 @@ mod tests {
             "/stripe/a\\b",
             "/stripe/%00",
             "/stripe/%5c",
+            "/stripe/..;/admin",
+            "/stripe/v1/a..b",
+            "/github/repos/o/r/compare/main...dev",
         ] {
             assert!(check_path(p).is_err(), "{p}");
         }
-        for p in ["/stripe/v1/refunds", "/stripe/v1/refunds/", "/stripe", "/stripe/a%20b"] {
+        for p in [
+            "/stripe/v1/refunds",
+            "/stripe/v1/refunds/",
+            "/stripe",
+            "/stripe/a%20b",
+            "/stripe/v1/a.b",
+            "/up/.well-known",
+        ] {
             assert!(check_path(p).is_ok(), "{p}");
         }
     }

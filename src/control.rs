@@ -239,11 +239,21 @@ impl Control {
         if last > 0 {
             m.audit_checkpoint_age.set(g.clock.now().since(crate::clock::Timestamp(last)).as_secs() as i64);
         }
-        let mut r = respond::text(StatusCode::OK, m.render());
-        r.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
+        // Prometheus text by default; OpenMetrics when the scraper asks for it (as
+        // Prometheus itself does, in its Accept header).
+        let openmetrics = req
+            .headers()
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("application/openmetrics-text"));
+        let (body, ctype) = if openmetrics {
+            (m.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        } else {
+            (m.render_prometheus(), "text/plain; version=0.0.4; charset=utf-8")
+        };
+        let mut r = respond::text(StatusCode::OK, body);
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
         r
     }
 

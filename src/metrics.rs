@@ -145,11 +145,75 @@ impl Metrics {
         self.refusals.get_or_create(&vec![("type", kind.to_string())]).inc();
     }
 
-    /// The text exposition.
+    /// The OpenMetrics 1.0 text exposition (`application/openmetrics-text`).
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         s
+    }
+
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`): what
+    /// `/metrics` serves unless the scraper asks for OpenMetrics.
+    pub fn render_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.render())
+    }
+}
+
+/// Rewrites the OpenMetrics text of this registry as Prometheus text 0.0.4. The
+/// sample lines are the same in both; the differences are in the metadata: a
+/// counter family is named after its `_total` samples, `unknown` is `untyped`, and
+/// there is no `# UNIT` line and no `# EOF`.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(if prefix == "# TYPE " && tail == "unknown" { "untyped" } else { tail });
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_after_their_samples() {
+        let m = Metrics::new();
+        m.decision("stripe", "allow");
+        m.held.set(2);
+        m.upstream_latency.get_or_create(&vec![("upstream", "stripe".to_string())]).observe(0.02);
+        let om = m.render();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = m.render_prometheus();
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(text.contains("# TYPE approvalplane_decisions_total counter\n"), "{text}");
+        assert!(text.contains("# HELP approvalplane_decisions_total "), "{text}");
+        assert!(text.contains("approvalplane_decisions_total{upstream=\"stripe\",decision=\"allow\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE approvalplane_held_requests gauge\napprovalplane_held_requests 2\n"), "{text}");
+        assert!(text.contains("# TYPE approvalplane_upstream_latency_seconds histogram\n"), "{text}");
+        assert!(text.contains("approvalplane_upstream_latency_seconds_count{upstream=\"stripe\"} 1\n"), "{text}");
+        // Every sample line of the OpenMetrics text is kept as it is.
+        for l in om.lines().filter(|l| !l.starts_with('#')) {
+            assert!(text.lines().any(|t| t == l), "{l}");
+        }
     }
 }

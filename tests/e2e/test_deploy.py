@@ -770,8 +770,10 @@ def test_alerts_and_dashboard_use_only_exported_metrics(approvalplane, fake_upst
     admin.approve(refund_id)
     assert s.post(ap.proxy_url + "/echo/refund", data=b"a=1", timeout=HTTP_TIMEOUT).status_code == 200
 
-    resp = requests.get(ap.control_url + "/metrics", timeout=HTTP_TIMEOUT)
+    resp = requests.get(ap.control_url + "/metrics", headers={"Accept": "application/openmetrics-text"},
+                        timeout=HTTP_TIMEOUT)
     assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text"), resp.headers
     names, labels = exported_metrics(resp.text)
 
     # the alert rules

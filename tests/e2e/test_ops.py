@@ -129,8 +129,9 @@ def pending_ids(ap: ApprovalPlane, token: str) -> set[str]:
 class Scrape:
     """One /metrics scrape, parsed by the parser for its Content-Type."""
 
-    def __init__(self, ap: ApprovalPlane):
-        r = requests.get(ap.control_url + "/metrics", timeout=HTTP_TIMEOUT)
+    def __init__(self, ap: ApprovalPlane, accept: str | None = None):
+        headers = {"Accept": accept} if accept else {}
+        r = requests.get(ap.control_url + "/metrics", headers=headers, timeout=HTTP_TIMEOUT)
         assert r.status_code == 200, ap.context(f"/metrics answered {r.status_code}: {r.text[:500]}")
         ctype = r.headers.get("Content-Type", "")
         self.content_type = ctype
@@ -160,6 +161,11 @@ def test_metrics_parse_and_move_through_a_flow(approvalplane, fake_upstream):
     up = fake_upstream()
     ap = approvalplane(base_config(up.url), rules={"main.rego": RULES_V1}, secrets=SECRETS)
     m0 = Scrape(ap)
+    # Prometheus text unless the scraper asks for OpenMetrics, as Prometheus does.
+    assert m0.content_type.startswith("text/plain"), m0.content_type
+    om = Scrape(ap, accept="application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    assert om.content_type.startswith("application/openmetrics-text"), om.content_type
+    assert {n: f.type for n, f in om.families.items()} == {n: f.type for n, f in m0.families.items()}
     for family, kind in (("approvalplane_decisions", "counter"), ("approvalplane_pending_approvals", "gauge"),
                          ("approvalplane_approval_latency_seconds", "histogram"),
                          ("approvalplane_upstream_latency_seconds", "histogram"),

@@ -151,7 +151,15 @@ fn badge(a: &Approval) -> &'static str {
 
 /// The outcome line: who decided and how long it took, or what ended it.
 pub fn outcome(a: &Approval, slack_users: &BTreeMap<String, String>) -> Option<String> {
-    let by = a.decided_by.as_deref().map(|w| mention(w, slack_users)).unwrap_or_else(|| "someone".into());
+    // The mention renders as the person's Slack name; the approver id beside it is
+    // the one the audit log and the admin API use.
+    let by = match a.decided_by.as_deref() {
+        Some(w) => match mention(w, slack_users) {
+            m if m.starts_with("<@") && !w.starts_with("slack:") => format!("{m} ({})", escape(w)),
+            m => m,
+        },
+        None => "someone".into(),
+    };
     let took = a.decided_at.map(|t| human(t.since(a.created_at))).unwrap_or_default();
     let escalated = (!a.escalated_to.is_empty()).then(|| escape(&a.escalated_to.join(", ")));
     match a.status {
@@ -231,10 +239,7 @@ pub fn render(a: &Approval, ctx: &CardContext<'_>) -> Card {
     if let Some(j) = a.justification.as_deref().filter(|j| !j.trim().is_empty()) {
         blocks.push(section("ap_reason", format!("*reason* “{}” _(model-inferred)_", clip(&shown(j), 2000))));
     }
-    blocks.push(section(
-        "ap_risk",
-        format!("*RISK · {}* {}", a.risk.as_str().to_ascii_uppercase(), clip(&shown(&a.risk_reason), 2000)),
-    ));
+    blocks.push(section("ap_risk", format!("*Risk: {}* · {}", a.risk.as_str(), clip(&shown(&a.risk_reason), 2000))));
     let mut policy =
         format!("policy {} → {}", clip(&escape(&a.rule_ids.join(", ")), 500), escape(&a.routes.join(", ")));
     if a.status == Status::Pending {
@@ -445,7 +450,7 @@ mod tests {
             "*customer*\\ncus_4193_amaya",
             "*amount*\\n$2,400.00",
             "“duplicate charge” _(model-inferred)_",
-            "*RISK · HIGH* amount over your $500 auto-approve threshold",
+            "*Risk: high* · amount over your $500 auto-approve threshold",
             "policy stripe.refund.large → finance-oncall · escalates in 15m",
             "body sha256 `abababab",
             "<https://approvals.example.com/ui/approvals/apr_8f2c0000000000000001|Open in ApprovalPlane>",
@@ -474,7 +479,7 @@ mod tests {
                     a.decided_by = Some("alice".into());
                     a.decided_at = Some(a.created_at.plus(Duration::from_secs(42)));
                 }),
-                "✅ Approved by <@U0ALICE> in 42s",
+                "✅ Approved by <@U0ALICE> (alice) in 42s",
             ),
             (
                 Box::new(|a| {

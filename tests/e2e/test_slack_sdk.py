@@ -207,7 +207,7 @@ def test_slack_approvals_with_the_official_signature_verifier(approvalplane, fak
     card = wait_until(lambda: slack.card("C0FINANCE", first), 10, message=lambda: ap.context("no card posted"))
     text = json.dumps(card["blocks"], ensure_ascii=False)
     for want in ["support-agent", "issue_refund", "cus_4193_amaya", "$2,400.00", "(model-inferred)",
-                 "RISK · HIGH", "amount over your $500 auto-approve threshold", "finance-oncall", "escalates in 15m",
+                 "Risk: high", "amount over your $500 auto-approve threshold", "finance-oncall", "escalates in 15m",
                  f"https://approvals.example.com/ui/approvals/{first}"]:
         assert want in text, f"card lacks {want!r}: {text}"
     posted = slack.ok_calls("chat.postMessage")[0]
@@ -239,7 +239,7 @@ def test_slack_approvals_with_the_official_signature_verifier(approvalplane, fak
     assert r.status_code == 200 and ack < 3.0, (r.status_code, ack)
     wait_until(lambda: alice.get(first)["status"] == "approved", 10)
     assert alice.get(first)["decided_by"] == "alice"
-    wait_until(lambda: "Approved by <@U0ALICE>" in json.dumps(slack.card("C0FINANCE", first)["blocks"]), 10,
+    wait_until(lambda: "Approved by <@U0ALICE> (alice)" in json.dumps(slack.card("C0FINANCE", first)["blocks"]), 10,
                message=lambda: ap.context("card not updated after approval"))
     # The same callback again is a replay.
     assert signed.post(body, good).status_code == 401
@@ -255,7 +255,7 @@ def test_slack_approvals_with_the_official_signature_verifier(approvalplane, fak
     assert r.status_code == 200 and r.text == ""
     wait_until(lambda: alice.get(second)["status"] == "rejected", 10)
     assert alice.get(second)["reason"] == "customer already refunded"
-    wait_until(lambda: "Rejected by <@U0BOB>: customer already refunded"
+    wait_until(lambda: "Rejected by <@U0BOB> (bob): customer already refunded"
                in json.dumps(slack.card("C0FINANCE", second)["blocks"], ensure_ascii=False), 10)
 
     # A stranger is refused with an ephemeral message, and nothing changes.

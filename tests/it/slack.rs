@@ -260,7 +260,7 @@ async fn the_card_names_everything_and_leaks_nothing() {
         "● PENDING",
         "*issue_refund* requested by an autonomous agent",
         "finance-oncall",
-        "*RISK · HIGH* amount over your $500 auto-approve threshold",
+        "*Risk: high* · amount over your $500 auto-approve threshold",
         "*amount*\\n240000",
         "*charge*\\nch_1",
         "“duplicate charge” _(model-inferred)_",
@@ -303,7 +303,7 @@ async fn the_card_is_updated_after_approve_reject_and_admin_decisions() {
     assert_eq!(r.status, 200, "{}", r.text());
     let done = t.wait_status(&a, "approved").await;
     assert_eq!(done["decided_by"], "alice");
-    t.wait_card("C0FINANCE", &a, "✅ Approved by <@U0ALICE> in").await;
+    t.wait_card("C0FINANCE", &a, "✅ Approved by <@U0ALICE> (alice) in").await;
     let rec = t.wait_decisions(&a, 1).await;
     assert_eq!(rec.len(), 1);
     assert_eq!((rec[0]["channel"].as_str(), rec[0]["decided_by"].as_str()), (Some("slack"), Some("alice")));
@@ -326,11 +326,11 @@ async fn the_card_is_updated_after_approve_reject_and_admin_decisions() {
         (done["decided_by"].as_str(), done["reason"].as_str()),
         (Some("bob"), Some("not a duplicate: <@U0ALICE> check"))
     );
-    t.wait_card("C0FINANCE", &b, "❌ Rejected by <@U0BOB>: not a duplicate: &lt;@U0ALICE&gt; check").await;
+    t.wait_card("C0FINANCE", &b, "❌ Rejected by <@U0BOB> (bob): not a duplicate: &lt;@U0ALICE&gt; check").await;
 
     // A decision through the admin API updates the card too.
     assert_eq!(t.app.decide(ALICE, &c, "approve", None).await.status, 200);
-    let card = t.wait_card("C0FINANCE", &c, "✅ Approved by <@U0ALICE>").await;
+    let card = t.wait_card("C0FINANCE", &c, "✅ Approved by <@U0ALICE> (alice)").await;
     assert!(!blocks_text(&card).contains("\"actions\""), "decided cards lose their buttons");
     // Exactly one card per approval; updates went to the same message.
     assert_eq!(t.slack.ok_calls("chat.postMessage", |_| true).len(), 3);
@@ -372,8 +372,8 @@ async fn escalation_and_expiry_on_the_injected_clock() {
     let r = t.click("U0CAROL", "approve", &a, "C0LEADS").await;
     assert_eq!(r.status, 200);
     assert_eq!(t.wait_status(&a, "approved").await["decided_by"], "carol");
-    t.wait_card("C0FINANCE", &a, "✅ Approved by <@U0CAROL>").await;
-    t.wait_card("C0LEADS", &a, "✅ Approved by <@U0CAROL>").await;
+    t.wait_card("C0FINANCE", &a, "✅ Approved by <@U0CAROL> (carol)").await;
+    t.wait_card("C0LEADS", &a, "✅ Approved by <@U0CAROL> (carol)").await;
 
     // B expires: an expiry, not a person's rejection; both cards say so.
     clock.advance(Duration::from_secs(3600));
@@ -408,7 +408,7 @@ async fn quorum_counts_distinct_approver_ids_across_channels() {
     t.click("U0BOB", "approve", &id, "C0FINANCE").await;
     let done = t.wait_status(&id, "approved").await;
     assert_eq!(done["approvals"], json!(["alice", "bob"]));
-    t.wait_card("C0FINANCE", &id, "✅ Approved by <@U0BOB>").await;
+    t.wait_card("C0FINANCE", &id, "✅ Approved by <@U0BOB> (bob)").await;
 }
 
 #[tokio::test]
@@ -659,7 +659,7 @@ async fn socket_mode_reject_through_the_modal_then_a_late_click() {
     t.slack.send_envelope(0, "env-r3", &view_submission("U0BOB", &meta, "wrong customer"));
     let done = t.wait_status(&id, "rejected").await;
     assert_eq!((done["decided_by"].as_str(), done["reason"].as_str()), (Some("bob"), Some("wrong customer")));
-    t.wait_card("C0FINANCE", &id, "❌ Rejected by <@U0BOB>: wrong customer").await;
+    t.wait_card("C0FINANCE", &id, "❌ Rejected by <@U0BOB> (bob): wrong customer").await;
     // Alice clicks Approve on a stale view of the card: told, nothing changes.
     t.slack.send_envelope(0, "env-r4", &block_actions("U0ALICE", "approve", &id, "C0FINANCE", "1.2.3"));
     let said = t
@@ -760,7 +760,7 @@ async fn slack_down_then_back_the_card_is_posted_late_and_updated() {
     let failed = t.slack.calls_to("chat.postMessage").len();
     let recovered = Instant::now();
     t.slack.set_health(Health::Up);
-    let card = t.wait_card("C0FINANCE", &id, "✅ Approved by <@U0ALICE>").await;
+    let card = t.wait_card("C0FINANCE", &id, "✅ Approved by <@U0ALICE> (alice)").await;
     let latency = recovered.elapsed();
     let post = t.slack.ok_calls("chat.postMessage", |_| true);
     let update = t.slack.ok_calls("chat.update", |_| true);
@@ -789,7 +789,7 @@ async fn rate_limited_posting_honours_retry_after_then_recovers() {
     t.slack.set_health(Health::Up);
     t.wait_card("C0FINANCE", &id, "● PENDING").await;
     assert_eq!(t.app.decide(BOB, &id, "reject", Some("too large")).await.status, 200);
-    t.wait_card("C0FINANCE", &id, "❌ Rejected by <@U0BOB>: too large").await;
+    t.wait_card("C0FINANCE", &id, "❌ Rejected by <@U0BOB> (bob): too large").await;
 }
 
 #[tokio::test]

@@ -241,7 +241,7 @@ fn config_check(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = cfg.check_files() {
+    if let Err(e) = cfg.check_files_with(false) {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }

@@ -681,6 +681,13 @@ impl Config {
     /// writes to are (or can be made) directories; run before serving, on reload and
     /// by `config check`, not by plain parsing (so an example config parses anywhere).
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        self.check_files_with(true)
+    }
+
+    /// [`Config::check_files`]; with `secret_files` false, the secret files
+    /// (`audit.signing_key_file`) are left to the caller: `config check` only warns
+    /// about one it cannot read, as about an unset variable.
+    pub fn check_files_with(&self, secret_files: bool) -> Result<(), ConfigError> {
         let mut files: Vec<(String, &Path)> = Vec::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             if let Some(p) = &u.ca_file {
@@ -693,7 +700,7 @@ impl Config {
         if let Some(p) = &self.store.ca_file {
             files.push(("store.ca_file".to_string(), p));
         }
-        if let Some(p) = &self.audit.signing_key_file {
+        if let (Some(p), true) = (&self.audit.signing_key_file, secret_files) {
             files.push(("audit.signing_key_file".to_string(), p));
         }
         for (key, p) in files {

@@ -186,6 +186,15 @@ fn config_check_refuses_what_serve_refuses() {
     let (code, out, err) = run_env(&["config", "check", "--config", p.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("warning") && err.contains("AP_TEST_HOOK_URL"), "{err}");
+    // So is a signing key file that is not there (a CI runner without the key);
+    // serve refuses it, naming the key and the file.
+    let p = config(dir.path(), "[audit]\nsigning_key_file = \"keys/missing.key\"\n");
+    let (code, out, err) = run_env(&["config", "check", "--config", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("warning") && err.contains("audit.signing_key_file"), "{err}");
+    let (code, out, err) = run_env(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(err.contains("config.toml") && err.contains("audit.signing_key_file"), "{err}");
 }
 
 #[test]

@@ -72,6 +72,7 @@ fn allowed_decision() -> Event {
         approval_id: None,
         error: None,
         payload_json: None,
+        justification: None,
     }
 }
 

@@ -321,6 +321,7 @@ impl Gate {
         approval_id: Option<&str>,
         error: Option<String>,
         payload_json: Option<String>,
+        justification: Option<&str>,
     ) -> Event {
         Event::Decision {
             subject: subject.clone(),
@@ -331,7 +332,8 @@ impl Gate {
             reason: reason.to_string(),
             approval_id: approval_id.map(str::to_string),
             error,
-            payload_json,
+            payload_json: payload_json.map(|p| crate::redact::mask_json_text(&p)),
+            justification: justification.map(|j| crate::redact::mask_credentials(j).into_owned()),
         }
     }
 
@@ -407,6 +409,7 @@ impl Gate {
                     None,
                     None,
                     None,
+                    a.justification.as_deref(),
                 );
                 let f = Box::pin(self.audit.append(ev.clone(), Durability::Written));
                 if let Err(err) = f.await {
@@ -438,19 +441,21 @@ impl Gate {
             // storage before the await): this future's size is what a held request
             // keeps while it waits.
             Decision::Allow => {
-                let f = Box::pin(self.record_allowed(&subject, &a.request_id, &verdict, None));
+                let f =
+                    Box::pin(self.record_allowed(&subject, &a.request_id, &verdict, None, a.justification.as_deref()));
                 f.await?;
                 self.forward(upstream, a.req, subject, a.request_id, None).await
             }
             Decision::Deny => {
-                let f = Box::pin(self.refuse_denied(&subject, &a.request_id, verdict, None));
+                let f =
+                    Box::pin(self.refuse_denied(&subject, &a.request_id, verdict, None, a.justification.as_deref()));
                 Err(f.await)
             }
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
                     // Unreachable by the combiner's contract; recorded and refused.
                     let v = crate::policy::Verdict::error("require_approval without an approval plan");
-                    let f = Box::pin(self.refuse_denied(&subject, &a.request_id, v, None));
+                    let f = Box::pin(self.refuse_denied(&subject, &a.request_id, v, None, a.justification.as_deref()));
                     return Err(f.await);
                 };
                 let fp = fingerprint::http(
@@ -504,6 +509,7 @@ impl Gate {
         request_id: &str,
         verdict: &crate::policy::Verdict,
         payload_json: Option<String>,
+        justification: Option<&str>,
     ) -> Result<(), Refusal> {
         let ev = Self::decision_event(
             subject,
@@ -514,6 +520,7 @@ impl Gate {
             None,
             None,
             payload_json,
+            justification,
         );
         if let Err(e) = self.audit.append(ev, Durability::Written).await {
             audit_failed(&e, "decision");
@@ -533,6 +540,7 @@ impl Gate {
         request_id: &str,
         verdict: crate::policy::Verdict,
         payload_json: Option<String>,
+        justification: Option<&str>,
     ) -> Refusal {
         let ev = Self::decision_event(
             subject,
@@ -543,6 +551,7 @@ impl Gate {
             None,
             verdict.error.clone(),
             payload_json,
+            justification,
         );
         if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
             audit_failed(&e, "decision");
@@ -561,6 +570,7 @@ impl Gate {
         matched: Decision,
         payload_json: Option<String>,
     ) -> Result<Approval, Refusal> {
+        let justification = open.approval.justification.clone();
         let opened = self.store.open(open).await.map_err(|e| {
             tracing::error!(error = %e, "store unavailable: refusing");
             Refusal::StoreUnavailable
@@ -597,6 +607,7 @@ impl Gate {
             Some(&approval.id),
             None,
             payload_json,
+            justification.as_deref(),
         );
         let recorded = match self.audit.append(ev, Durability::Written).await {
             Ok(_) if created => {
@@ -606,15 +617,17 @@ impl Gate {
                     routes: approval.routes.clone(),
                     risk: approval.risk.as_str().to_string(),
                     risk_reason: approval.risk_reason.clone(),
-                    // Free text from the agent and the rules: credential-looking
-                    // words are masked here as on the cards.
+                    // Free text from the agent and the rules: members named like a
+                    // credential, and credential-looking words, are masked here as
+                    // on the cards.
                     summary: approval
                         .summary
                         .iter()
                         .map(|(k, v)| {
-                            let v = match v {
-                                Value::String(t) => Value::String(crate::redact::mask_credentials(t).into_owned()),
-                                other => other.clone(),
+                            let v = if crate::redact::is_sensitive_field(k) {
+                                Value::String(crate::redact::REDACTED.into())
+                            } else {
+                                crate::redact::mask_json(v)
                             };
                             (k.clone(), v)
                         })
@@ -800,7 +813,7 @@ impl Gate {
             let start = Instant::now();
             let res = upstream.send(&req).await;
             let latency = start.elapsed();
-            let (status, outcome, reply) = match res {
+            let (status, outcome, error, reply) = match res {
                 Ok(resp) => {
                     gate.metrics
                         .upstream_latency
@@ -810,7 +823,7 @@ impl Gate {
                     let (mut parts, body) = resp.into_parts();
                     respond::strip_hop_by_hop(&mut parts.headers);
                     let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
-                    (Some(status), "ok", Ok(Response::from_parts(parts, body)))
+                    (Some(status), "ok", None, Ok(Response::from_parts(parts, body)))
                 }
                 Err(e) => {
                     gate.metrics
@@ -833,18 +846,21 @@ impl Gate {
                             maybe_delivered: other.maybe_sent(),
                         },
                     };
-                    (None, e.kind(), Err(refusal))
+                    let outcome = if e.maybe_sent() { "unknown" } else { "connect_failed" };
+                    (None, outcome, Some(e.kind().to_string()), Err(refusal))
                 }
             };
-            let _ = tx.send(reply);
             let ev = Event::Forwarded {
                 subject,
                 request_id,
                 approval_id: approval_id.clone(),
                 status,
                 outcome: outcome.to_string(),
+                error,
                 latency_ms: latency.as_millis() as u64,
             };
+            // Recorded before the answer is handed back: once the agent has its
+            // response, the log has the forward.
             let durability = if approval_id.is_some() { Durability::Synced } else { Durability::Written };
             if let Err(e) = gate.audit.append(ev.clone(), durability).await {
                 // The request went out: its record is written as soon as the log
@@ -853,6 +869,7 @@ impl Gate {
                 gate.metrics.audit_failures.inc();
                 gate.record_later(ev);
             }
+            let _ = tx.send(reply);
         });
         async move {
             rx.await.unwrap_or_else(|_| {
@@ -907,6 +924,7 @@ impl Gate {
                     None,
                     None,
                     payload_json.map(str::to_string),
+                    None,
                 );
                 if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
                     audit_failed(&e, "decision");
@@ -962,7 +980,9 @@ impl Gate {
         }
         let reuse = Reuse::Ask { grant_ttl: self.settings.grant_ttl };
         match verdict.decision {
-            Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_payload)).await),
+            Decision::Deny => Err(self
+                .refuse_denied(&subject, &a.request_id, verdict, Some(canonical_payload), a.justification.as_deref())
+                .await),
             Decision::Allow => {
                 // Approved by rule: an approval object that is decided already.
                 let plan = ApprovalPlan {
@@ -1001,6 +1021,7 @@ impl Gate {
                     Some(&ap.id),
                     None,
                     Some(canonical_payload),
+                    a.justification.as_deref(),
                 );
                 let mut res = self.audit.append(ev, Durability::Written).await.map(|_| ());
                 if res.is_ok() && created {
@@ -1033,7 +1054,9 @@ impl Gate {
             Decision::RequireApproval => {
                 let Some(mut plan) = verdict.plan.clone() else {
                     let v = crate::policy::Verdict::error("require_approval without an approval plan");
-                    return Err(self.refuse_denied(&subject, &a.request_id, v, Some(canonical_payload)).await);
+                    return Err(self
+                        .refuse_denied(&subject, &a.request_id, v, Some(canonical_payload), a.justification.as_deref())
+                        .await);
                 };
                 // The agent's own risk estimate can raise the risk, never lower it.
                 if let Some(r) = a.risk {
@@ -1101,14 +1124,16 @@ impl Gate {
         self.count_decision(&a.server, verdict.decision, verdict.matched);
         match verdict.decision {
             Decision::Allow => {
-                self.record_allowed(&subject, &a.request_id, &verdict, Some(canonical_args)).await?;
+                self.record_allowed(&subject, &a.request_id, &verdict, Some(canonical_args), None).await?;
                 Ok(McpDecision::Allowed(McpPermit { subject, approval_id: None, request_id: a.request_id.clone() }))
             }
-            Decision::Deny => Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_args)).await),
+            Decision::Deny => {
+                Err(self.refuse_denied(&subject, &a.request_id, verdict, Some(canonical_args), None).await)
+            }
             Decision::RequireApproval => {
                 let Some(plan) = verdict.plan.clone() else {
                     let v = crate::policy::Verdict::error("require_approval without an approval plan");
-                    return Err(self.refuse_denied(&subject, &a.request_id, v, Some(canonical_args)).await);
+                    return Err(self.refuse_denied(&subject, &a.request_id, v, Some(canonical_args), None).await);
                 };
                 let fp = fingerprint::mcp(&a.agent, &a.server, &a.tool, &canonical_args);
                 let candidate = self.new_approval(&fp, Entrance::Mcp, &subject, &plan, a.justification.clone(), now);
@@ -1161,13 +1186,21 @@ impl Gate {
     }
 
     /// Records that a permitted tool call went to its server, and how it ended.
-    pub async fn mcp_forwarded(&self, permit: &McpPermit, status: Option<u16>, outcome: &str, latency: Duration) {
+    pub async fn mcp_forwarded(
+        &self,
+        permit: &McpPermit,
+        status: Option<u16>,
+        outcome: &str,
+        error: Option<String>,
+        latency: Duration,
+    ) {
         let ev = Event::Forwarded {
             subject: permit.subject.clone(),
             request_id: permit.request_id.clone(),
             approval_id: permit.approval_id.clone(),
             status,
             outcome: outcome.to_string(),
+            error,
             latency_ms: latency.as_millis() as u64,
         };
         let durability = if permit.approval_id.is_some() { Durability::Synced } else { Durability::Written };
@@ -1235,13 +1268,13 @@ impl Gate {
         }
         let live = self.live();
         let a = self.store.get(id).await?.ok_or_else(|| DecideError::NotFound(id.to_string()))?;
+        if !authorize(&live, &a) {
+            return Err(DecideError::Forbidden { approver: approver.into(), route: a.route.clone() });
+        }
         if !self.audit.health().is_ok() {
             // No decision without its record: refuse before the store changes.
             let why = self.audit.health().last_error().unwrap_or_else(|| "failing".into());
             return Err(DecideError::AuditUnavailable(why));
-        }
-        if !authorize(&live, &a) {
-            return Err(DecideError::Forbidden { approver: approver.into(), route: a.route.clone() });
         }
         let now = self.clock.now();
         let outcome = self

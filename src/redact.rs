@@ -100,6 +100,34 @@ pub fn mask_credentials(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out.join(" "))
 }
 
+/// A JSON document as it may be recorded or shown: the value of every member whose
+/// name is a credential's ([`is_sensitive_field`]) is [`REDACTED`], and every string
+/// is passed through [`mask_credentials`]. For agents' payloads and tool arguments.
+pub fn mask_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(mask_credentials(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(mask_json).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| {
+                    let v = if is_sensitive_field(k) { Value::String(REDACTED.into()) } else { mask_json(v) };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// [`mask_json`] on JSON text; text that does not parse is masked as free text.
+pub fn mask_json_text(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => serde_json::to_string(&mask_json(&v)).unwrap_or_default(),
+        Err(_) => mask_credentials(text).into_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +161,23 @@ mod tests {
         for k in ["amount", "customer", "charge"] {
             assert!(!is_sensitive_field(k), "{k}");
         }
+    }
+
+    #[test]
+    fn json_documents_are_masked_by_member_name_and_credential_shape() {
+        let doc = serde_json::json!({
+            "amount": 2400,
+            "api_key": "plain",
+            "nested": {"Password": "hunter2", "note": "use sk_live_abcdefghijklmnop now", "list": ["ghp_abcdefghijklmnopqrst", 1]},
+        });
+        let m = mask_json(&doc);
+        assert_eq!(m["amount"], 2400);
+        assert_eq!(m["api_key"], REDACTED);
+        assert_eq!(m["nested"]["Password"], REDACTED);
+        assert_eq!(m["nested"]["note"], "use [redacted] now");
+        assert_eq!(m["nested"]["list"], serde_json::json!([REDACTED, 1]));
+        let text = mask_json_text(&doc.to_string());
+        assert!(!text.contains("hunter2") && !text.contains("sk_live_") && text.contains("2400"), "{text}");
+        assert_eq!(mask_json_text("not json sk_live_abcdefghijklmnop"), "not json [redacted]");
     }
 }

@@ -49,9 +49,15 @@ pub enum Event {
         approval_id: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
-        /// For `request_approval` calls: the payload's digest and raw JSON text.
+        /// For `request_approval` calls and MCP tool calls: the payload's (or the
+        /// arguments') JSON text, credentials masked (`body_sha256` is the digest of
+        /// the unmasked canonical text).
         #[serde(skip_serializing_if = "Option::is_none")]
         payload_json: Option<String>,
+        /// The agent's stated reason (`X-Approval-Justification`, or the
+        /// `justification` of a `request_approval` call), credentials masked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        justification: Option<String>,
     },
     /// A new approval was opened.
     ApprovalRequested {
@@ -114,8 +120,10 @@ pub enum Event {
         decided_by: Option<String>,
         approvals: Vec<String>,
     },
-    /// A request went upstream; `outcome` is `ok`, `connect_failed`, `timeout`
-    /// (unknown outcome: bytes were sent) or `error`.
+    /// A request went upstream; `outcome` is `ok` (the upstream answered, with
+    /// `status`), `connect_failed` (nothing was sent) or `unknown` (bytes may have
+    /// reached the upstream, but no answer came: `error` says why, `timeout` or
+    /// `error`).
     Forwarded {
         #[serde(flatten)]
         subject: Subject,
@@ -124,6 +132,8 @@ pub enum Event {
         approval_id: Option<String>,
         status: Option<u16>,
         outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
         latency_ms: u64,
     },
     /// A signed (or hash-only) anchor of the chain so far.
@@ -195,6 +205,7 @@ mod tests {
             approval_id: None,
             error: None,
             payload_json: None,
+            justification: None,
         };
         let f = e.fields();
         assert_eq!(f["kind"], "decision");

@@ -377,7 +377,8 @@ mod tests {
                     reason: t,
                     approval_id: o.clone(),
                     error: o.clone(),
-                    payload_json: o,
+                    payload_json: o.clone(),
+                    justification: o,
                 },
                 1 => Event::ApprovalRequested {
                     subject,
@@ -407,7 +408,8 @@ mod tests {
                     request_id: t,
                     approval_id: o,
                     status: Some(n as u16),
-                    outcome: "ok".into(),
+                    outcome: if n % 2 == 0 { "ok".into() } else { "unknown".into() },
+                    error: (n % 2 == 1).then(|| "timeout".to_string()),
                     latency_ms: n,
                 },
                 4 => Event::GrantUsed {

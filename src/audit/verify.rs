@@ -158,16 +158,30 @@ pub fn chain_files(path: &Path) -> Result<BTreeMap<String, Vec<(u64, PathBuf)>>,
         std::fs::metadata(path).map_err(read_err)?;
         files.push(path.to_path_buf());
     }
+    let single = !path.is_dir();
     let mut chains: BTreeMap<String, Vec<(u64, PathBuf)>> = BTreeMap::new();
     for f in files {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-        let (chain, seq) = parse_file_name(&name).unwrap_or_else(|| (format!("?{name}"), 0));
+        // One file named on the command line (a copy handed over as evidence, say)
+        // may carry any name: its first record says which chain it holds.
+        let named = parse_file_name(&name).or_else(|| if single { first_record_position(&f) } else { None });
+        let (chain, seq) = named.unwrap_or_else(|| (format!("?{name}"), 0));
         chains.entry(chain).or_default().push((seq, f));
     }
     for v in chains.values_mut() {
         v.sort();
     }
     Ok(chains)
+}
+
+/// The `chain` and `seq` of a file's first record, when it reads as one.
+fn first_record_position(f: &Path) -> Option<(String, u64)> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(std::fs::File::open(f).ok()?).read_line(&mut line).ok()?;
+    let v: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
+    let chain = v.get("chain")?.as_str().filter(|c| !c.is_empty() && !c.starts_with('?'))?;
+    Some((chain.to_string(), v.get("seq")?.as_u64()?))
 }
 
 /// What the verifier checks checkpoints against.
@@ -367,6 +381,15 @@ pub fn verify_with(path: &Path, anchors: &Anchors, mut visit: impl FnMut(&Value)
     }
     let single_file = !path.is_dir();
     let mut report = Report::default();
+    if single_file {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if parse_file_name(name).is_none() && chains.keys().all(|c| !c.starts_with('?')) {
+            report.warnings.push(format!(
+                "{} is not named <chain>-<20-digit seq>.jsonl; its chain and first seq are read from its first record",
+                path.display()
+            ));
+        }
+    }
     let seen: std::collections::BTreeSet<String> = chains.keys().cloned().collect();
     for (chain, files) in chains {
         if chain.starts_with('?') {

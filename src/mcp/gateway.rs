@@ -394,11 +394,12 @@ async fn forward_permitted(
 ) -> Result<Response<Body>, Refusal> {
     let start = Instant::now();
     let res = forward(gate, server, post, agent, msg).await;
-    let (status, outcome) = match &res {
-        Ok(r) => (Some(r.status().as_u16()), "ok"),
-        Err(_) => (None, "error"),
+    let (status, outcome, error) = match &res {
+        Ok(r) => (Some(r.status().as_u16()), "ok", None),
+        Err(Refusal::UpstreamUnreachable { maybe_delivered: false, .. }) => (None, "connect_failed", None),
+        Err(r) => (None, "unknown", Some(r.kind().to_string())),
     };
-    gate.mcp_forwarded(&permit, status, outcome, start.elapsed()).await;
+    gate.mcp_forwarded(&permit, status, outcome, error, start.elapsed()).await;
     res
 }
 

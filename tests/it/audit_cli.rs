@@ -20,7 +20,17 @@ fn write(f: &std::path::Path, lines: &[String]) {
 async fn the_log_of_a_run_verifies_and_tampering_is_detected() {
     let up = FakeUpstream::start(None).await;
     let mut app = TestApp::start(Options::new(&up)).await;
-    assert_eq!(app.refund(2000, &[]).await.status, 200);
+    let said = "customer asked twice, key sk_live_abcdefghijklmnop";
+    let r = app.refund(2000, &[("x-approval-justification", said)]).await;
+    assert_eq!(r.status, 200);
+    // Once the agent has its answer, the log has the decision and the forward.
+    let rid = r.headers.get("x-request-id").unwrap().to_str().unwrap().to_string();
+    let recs = app.records();
+    let of = |kind: &str| recs.iter().find(|x| x["kind"] == kind && x["request_id"] == rid.as_str()).cloned();
+    let decision = of("decision").expect("decision record");
+    assert_eq!(decision["justification"], "customer asked twice, key [redacted]", "{decision}");
+    let fwd = of("forwarded").expect("forwarded record before the response");
+    assert_eq!((fwd["outcome"].as_str(), fwd["status"].as_u64()), (Some("ok"), Some(200)), "{fwd}");
     let r = app.refund(240000, &[("prefer", "wait=0")]).await;
     let id = r.json()["error"]["approval_id"].as_str().unwrap().to_string();
     app.decide(ALICE, &id, "approve", Some("ok")).await;
@@ -31,6 +41,20 @@ async fn the_log_of_a_run_verifies_and_tampering_is_detected() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("verified"), "{out}");
     let (file, orig) = lines(&dir);
+    // One chain file under another name (a copy handed over as evidence) verifies
+    // by its records, with a warning; a change to it is still found.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("evidence.jsonl");
+    std::fs::copy(&file, &copy).unwrap();
+    let (code, out, err) = run_bin(&["audit", "verify", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("not named"), "{err}");
+    let mut changed = orig.clone();
+    let last = changed.len() - 2;
+    changed[last] = changed[last].replacen("\"seq\":", "\"seq\": ", 1);
+    write(&copy, &changed);
+    let (code, out, err) = run_bin(&["audit", "verify", copy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
     let kinds: Vec<String> = orig
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())

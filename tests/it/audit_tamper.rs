@@ -596,6 +596,9 @@ async fn decisions_wait_for_the_audit_log() {
     let d = app.decide(ALICE, &id, "approve", None).await;
     assert_eq!((d.status, d.error_type().as_str()), (503, "audit_unavailable"), "{}", d.text());
     assert!(d.headers.get("retry-after").is_some());
+    // Someone who may not decide is told so first, whatever the log's state.
+    let c = app.decide(CAROL, &id, "approve", None).await;
+    assert_eq!((c.status, c.error_type().as_str()), (403, "forbidden"), "{}", c.text());
     assert_eq!(app.pending().await.len(), 1, "the refused decision changed nothing");
     fault.store(false, Ordering::Release);
     // No traffic: the writer's probe alone brings the log back.

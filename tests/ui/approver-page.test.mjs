@@ -351,6 +351,9 @@ test("a link from another site lands a signed-in approver on the page, not on si
     assert.match(page.url(), /\/ui\/history$/);
     await page.close();
   } finally {
+    // The browser keeps its connection to this server alive: close it too, or
+    // close() waits for the keep-alive timeout.
+    elsewhere.closeAllConnections();
     await new Promise((r) => elsewhere.close(r));
   }
 });

@@ -245,7 +245,7 @@ fn config_check(path: &Path) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
-    let secrets = match cfg.resolve_secrets(&ProcessEnv) {
+    let secrets = match cfg.resolve_secrets_with(&ProcessEnv, true) {
         Ok((secrets, missing)) => {
             for m in missing {
                 eprintln!("warning: {m} (serve needs it)");

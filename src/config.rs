@@ -501,11 +501,17 @@ pub struct MissingSecret {
     pub key: String,
     pub source: String,
     pub required: bool,
+    /// Why a file that is there could not be read (only from
+    /// [`Config::resolve_secrets_with`] with `unreadable_is_missing`).
+    pub unreadable: Option<String>,
 }
 
 impl fmt::Display for MissingSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} is not set", self.key, self.source)
+        match &self.unreadable {
+            Some(e) => write!(f, "{}: {e}", self.key),
+            None => write!(f, "{}: {} is not set", self.key, self.source),
+        }
     }
 }
 
@@ -591,12 +597,26 @@ impl Config {
 
     /// Resolves every secret. Returns the values and the ones that are unset.
     pub fn resolve_secrets(&self, env: &dyn Env) -> Result<(Secrets, Vec<MissingSecret>), ConfigError> {
+        self.resolve_secrets_with(env, false)
+    }
+
+    /// [`Config::resolve_secrets`]; with `unreadable_is_missing`, a secret file that
+    /// cannot be read (a CI runner that is not its owner) is listed with the missing
+    /// ones instead of failing: `config check` only warns about it.
+    pub fn resolve_secrets_with(
+        &self,
+        env: &dyn Env,
+        unreadable_is_missing: bool,
+    ) -> Result<(Secrets, Vec<MissingSecret>), ConfigError> {
         let mut secrets = Secrets::default();
         let mut missing = Vec::new();
         for (r, required) in self.secret_refs() {
+            let gone =
+                |unreadable| MissingSecret { key: r.key().to_string(), source: r.describe(), required, unreadable };
             match r.resolve(env) {
                 Ok(Some(v)) => secrets.insert(r, v),
-                Ok(None) => missing.push(MissingSecret { key: r.key().to_string(), source: r.describe(), required }),
+                Ok(None) => missing.push(gone(None)),
+                Err(e) if unreadable_is_missing => missing.push(gone(Some(e))),
                 Err(e) => return Err(ConfigError::new(&self.file, r.key(), e)),
             }
         }

@@ -53,6 +53,21 @@ fn serve_names_a_missing_secret() {
     assert!(err.contains("AP_TEST_SURELY_UNSET") && err.contains("agent[0].token_env"), "{err}");
 }
 
+/// A secret file that is there but cannot be read: `config check` warns (it never
+/// needs the secrets), `serve` refuses, naming the key.
+#[test]
+fn an_unreadable_secret_file_is_a_warning_for_config_check_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("token-dir")).unwrap();
+    let p = config(dir.path(), "[[agent]]\nid = \"a\"\ntoken_file = \"token-dir\"\n");
+    let (code, out, err) = run_bin(&["config", "check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("warning") && err.contains("agent[0].token_file") && err.contains("cannot read"), "{err}");
+    let (code, _, err) = run_bin(&["serve", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("config.toml") && err.contains("agent[0].token_file"), "{err}");
+}
+
 #[test]
 fn shipped_rules_pass_their_tests() {
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");

@@ -330,7 +330,9 @@ export class ApprovalPlane {
     this.#pollWait = checkSeconds("pollWaitSeconds", options.pollWaitSeconds ?? DEFAULT_POLL_WAIT_SECONDS);
     const f = options.fetch ?? globalThis.fetch;
     if (typeof f !== "function") throw new ConfigurationError("no fetch implementation available");
-    this.#fetch = f;
+    // Called as a plain function, never as a method of this client: the Workers
+    // runtime's fetch throws "Illegal invocation" when its `this` is anything else.
+    this.#fetch = (input, init) => f(input, init);
     this.#headers = { Accept: "application/json", ...(options.headers ?? {}) };
     if (this.#token) this.#headers.Authorization = `Bearer ${this.#token}`;
   }

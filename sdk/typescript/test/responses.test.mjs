@@ -125,3 +125,16 @@ test("configuration errors", async () => {
   await assert.rejects(c.requestApproval({ action: "x", payload: { n: 1n } }), ConfigurationError);
   await assert.rejects(c.requestApproval({ action: "x", policyHints: "refund" }), ConfigurationError);
 });
+
+test("fetch is called as a plain function, as the Workers runtime requires", async () => {
+  // workerd's fetch throws "Illegal invocation" unless `this` is the global object
+  // or undefined; a client that called it as its own method failed on Cloudflare.
+  const { fetchImpl, calls } = scripted([200, approval("approved", { decided_by: "policy" })]);
+  const strict = function (url, init) {
+    if (this !== undefined && this !== globalThis) throw new TypeError("Illegal invocation");
+    return fetchImpl(url, init);
+  };
+  const d = await clientFor(strict).requestApproval({ action: "issue_refund", payload: { amount: 1 } });
+  assert.equal(d.approved, true);
+  assert.equal(calls.length, 1);
+});

@@ -6,29 +6,18 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 
-import { freePort, startApprovalPlane, waitUntil } from "../../../sdk/typescript/test/harness.mjs";
+import { freePort, waitUntil } from "../../../sdk/typescript/test/harness.mjs";
+import { EXAMPLES, startExamplesServer } from "../../harness.mjs";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const PROJECT = resolve(HERE, "..");
-const EXAMPLES = resolve(PROJECT, "..");
+const PROJECT = join(EXAMPLES, "cloudflare-agents");
 const AGENT_TOKEN = "cloudflare-agent-token-4b7e";
 const ALICE_TOKEN = "cloudflare-alice-token-a51c";
 const WRANGLER = join(PROJECT, "node_modules", "wrangler", "bin", "wrangler.js");
-
-/** examples/approvalplane.toml with free ports, a short hold_timeout and a local audit dir. */
-function examplesConfig() {
-  return readFileSync(join(EXAMPLES, "approvalplane.toml"), "utf8")
-    .replace(/^listen = .*$/m, 'listen = "@LISTEN@"')
-    .replace(/^control_listen = .*$/m, 'control_listen = "@CONTROL_LISTEN@"')
-    .replace(/^hold_timeout = .*$/m, 'hold_timeout = "2s"')
-    .replace(/^path = "var\/audit"$/m, 'path = "audit"');
-}
 
 /**
  * Runs `wrangler dev` on a free port, the way a developer runs the example: the
@@ -83,12 +72,7 @@ describe("the Cloudflare Agents example", () => {
   const workers = [];
 
   before(async () => {
-    ap = await startApprovalPlane({
-      config: examplesConfig(),
-      rulesSrc: join(EXAMPLES, "rules"),
-      secrets: { SUPPORT_AGENT_TOKEN: AGENT_TOKEN, ALICE_TOKEN },
-    });
-    admin = ap.admin(ALICE_TOKEN);
+    ({ ap, admin } = await startExamplesServer({ agentToken: AGENT_TOKEN, aliceToken: ALICE_TOKEN }));
   });
 
   after(async () => {

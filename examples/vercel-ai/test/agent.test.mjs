@@ -5,28 +5,16 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 
-import { freePort, startApprovalPlane } from "../../../sdk/typescript/test/harness.mjs";
+import { freePort } from "../../../sdk/typescript/test/harness.mjs";
+import { EXAMPLES, startExamplesServer } from "../../harness.mjs";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const EXAMPLES = resolve(HERE, "../..");
 const AGENT = join(EXAMPLES, "vercel-ai", "agent.mjs");
 const AGENT_TOKEN = "vercel-agent-token-6d1f";
 const ALICE_TOKEN = "vercel-alice-token-c93e";
 const RUN_TIMEOUT_MS = 30_000;
-
-/** examples/approvalplane.toml with free ports, a short hold_timeout and a local audit dir. */
-function examplesConfig() {
-  return readFileSync(join(EXAMPLES, "approvalplane.toml"), "utf8")
-    .replace(/^listen = .*$/m, 'listen = "@LISTEN@"')
-    .replace(/^control_listen = .*$/m, 'control_listen = "@CONTROL_LISTEN@"')
-    .replace(/^hold_timeout = .*$/m, 'hold_timeout = "2s"')
-    .replace(/^path = "var\/audit"$/m, 'path = "audit"');
-}
 
 /** Starts `node agent.mjs REQUEST`; resolves to {code, stdout, stderr} when it exits. */
 function runAgent(request, env) {
@@ -62,12 +50,7 @@ describe("the Vercel AI SDK example", () => {
   const runs = [];
 
   before(async () => {
-    ap = await startApprovalPlane({
-      config: examplesConfig(),
-      rulesSrc: join(EXAMPLES, "rules"),
-      secrets: { SUPPORT_AGENT_TOKEN: AGENT_TOKEN, ALICE_TOKEN },
-    });
-    admin = ap.admin(ALICE_TOKEN);
+    ({ ap, admin } = await startExamplesServer({ agentToken: AGENT_TOKEN, aliceToken: ALICE_TOKEN }));
     env = { APPROVALPLANE_URL: ap.proxyUrl, APPROVALPLANE_TOKEN: AGENT_TOKEN };
   });
 

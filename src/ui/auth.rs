@@ -6,9 +6,12 @@
 //! (so every replica accepts every other replica's cookies and links), else 32
 //! random bytes per process (a restart signs everyone out).
 //!
-//! - **Session cookie**: `approver`, expiry and a random session id, signed. The
-//!   server keeps no session table; an approver removed from the config is signed
-//!   out at their next request because the page checks the live approver list.
+//! - **Session cookie**: `approver`, expiry, a random session id and a tag of the
+//!   approver's credential (their token's digest, under the session key), signed.
+//!   The server keeps no session table: an approver removed from the config is
+//!   signed out at their next request because the page checks the live approver
+//!   list, and rotating an approver's token (then a reload) ends every session
+//!   opened before, because the tag no longer matches.
 //! - **CSRF**: double-submit, bound to the session. The token is an HMAC of the
 //!   session id, so it cannot be forged without the key and is useless with any
 //!   other session. Before sign-in, the same scheme binds to a random pre-session
@@ -113,24 +116,50 @@ impl Keys {
         String::from_utf8(payload).map_err(|_| LinkError::Malformed)
     }
 
-    /// A new session for `approver`, valid for [`SESSION_TTL`] from `now`.
-    pub fn new_session(&self, approver: &str, now: Timestamp) -> (Session, String) {
-        let s = Session { approver: approver.to_string(), expires: now.plus(SESSION_TTL), sid: random_hex(16) };
-        let v = Self::seal(&self.session, &format!("s1\n{}\n{}\n{}", s.approver, s.expires.0, s.sid));
+    /// A new session for `approver`, valid for [`SESSION_TTL`] from `now`, bound to
+    /// `credential` (see [`Keys::credential_tag`]).
+    pub fn new_session(&self, approver: &str, credential: &[u8], now: Timestamp) -> (Session, String) {
+        let s = Session {
+            approver: approver.to_string(),
+            expires: now.plus(SESSION_TTL),
+            sid: random_hex(16),
+            credential: self.credential_tag(approver, credential),
+        };
+        let v = Self::seal(&self.session, &format!("s2\n{}\n{}\n{}\n{}", s.approver, s.expires.0, s.sid, s.credential));
         (s, v)
     }
 
     /// The session a cookie value stands for, if it is genuine and not expired.
+    /// Whether its credential is still the approver's is the caller's check.
     pub fn open_session(&self, cookie: &str, now: Timestamp) -> Option<Session> {
         let payload = Self::unseal(&self.session, cookie).ok()?;
         let mut it = payload.split('\n');
-        let (Some("s1"), Some(approver), Some(exp), Some(sid), None) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
+        let (Some("s2"), Some(approver), Some(exp), Some(sid), Some(credential), None) =
+            (it.next(), it.next(), it.next(), it.next(), it.next(), it.next())
         else {
             return None;
         };
         let expires = Timestamp(exp.parse().ok()?);
-        (now < expires).then(|| Session { approver: approver.to_string(), expires, sid: sid.to_string() })
+        (now < expires).then(|| Session {
+            approver: approver.to_string(),
+            expires,
+            sid: sid.to_string(),
+            credential: credential.to_string(),
+        })
+    }
+
+    /// A keyed tag of what `approver` signs in with now (their token's digest; empty
+    /// for an approver without a token), kept in the session. It reveals nothing of
+    /// the token, and changes when the token does.
+    pub fn credential_tag(&self, approver: &str, credential: &[u8]) -> String {
+        let mut msg = format!("credential\n{approver}\n").into_bytes();
+        msg.extend_from_slice(credential);
+        hex::encode(&mac(&self.session, &msg)[..16])
+    }
+
+    /// Whether `s` was opened with the credential `approver` has now.
+    pub fn session_current(&self, s: &Session, credential: &[u8]) -> bool {
+        ct_eq(&s.credential, &self.credential_tag(&s.approver, credential))
     }
 
     /// The CSRF token of a session.
@@ -156,6 +185,8 @@ pub struct Session {
     pub expires: Timestamp,
     /// Random; binds CSRF tokens to this session.
     pub sid: String,
+    /// [`Keys::credential_tag`] of the credential the session was opened with.
+    pub credential: String,
 }
 
 /// What a sign-in link says.
@@ -285,7 +316,7 @@ mod tests {
         let a = Keys::new(Some(&Secret::new("shared")));
         let b = Keys::new(Some(&Secret::new("shared")));
         let now = Timestamp(1_800_000_000_000);
-        let (s, cookie) = a.new_session("alice", now);
+        let (s, cookie) = a.new_session("alice", b"cred", now);
         assert_eq!(b.open_session(&cookie, now), Some(s.clone()));
         assert_eq!(a.csrf_for_session(&s), b.csrf_for_session(&s));
         // Without a shared key, each process has its own.
@@ -298,13 +329,31 @@ mod tests {
     fn sessions_expire_and_csrf_is_bound_to_the_session() {
         let k = Keys::new(None);
         let now = Timestamp(1_800_000_000_000);
-        let (s1, c1) = k.new_session("alice", now);
-        let (s2, _) = k.new_session("alice", now);
+        let (s1, c1) = k.new_session("alice", b"cred", now);
+        let (s2, _) = k.new_session("alice", b"cred", now);
         assert_ne!(k.csrf_for_session(&s1), k.csrf_for_session(&s2));
         assert!(k.open_session(&c1, now.plus(SESSION_TTL)).is_none());
         // A link token is not a session cookie, even under the same master key.
         let l = SignInLinks::new(Arc::new(Keys::new(None)), "http://x", Arc::new(crate::clock::SystemClock));
         assert!(k.open_session(&l.mint_token("alice", "apr_1", now), now).is_none());
         assert!(ct_eq("abc", "abc") && !ct_eq("abc", "abd") && !ct_eq("abc", "ab"));
+    }
+
+    #[test]
+    fn a_session_is_current_only_for_the_credential_it_was_opened_with() {
+        let k = Keys::new(None);
+        let now = Timestamp(1_800_000_000_000);
+        let (_, cookie) = k.new_session("alice", b"old-digest", now);
+        let s = k.open_session(&cookie, now).expect("opens");
+        assert!(k.session_current(&s, b"old-digest"));
+        assert!(!k.session_current(&s, b"new-digest"), "a rotated token ends the session");
+        assert!(!k.session_current(&s, b""));
+        // The tag names the approver too: bob's session is not alice's.
+        let (_, bob) = k.new_session("bob", b"old-digest", now);
+        let mut b = k.open_session(&bob, now).expect("opens");
+        b.approver = "alice".into();
+        assert!(!k.session_current(&b, b"old-digest"));
+        // The tag is not the credential.
+        assert!(!s.credential.contains(&hex::encode(b"old-digest")));
     }
 }

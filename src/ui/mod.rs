@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::approval::{Approval, Channel, Status, Verdict};
-use crate::gate::{token_digest, DecideError, Gate};
+use crate::gate::{token_digest, DecideError, Gate, Live};
 use crate::respond::{self, Body};
 use crate::store::{ListQuery, StoreError};
 
@@ -156,6 +156,15 @@ fn form_field(form: &Value, name: &str) -> Option<String> {
     form.get(name).and_then(Value::as_str).map(str::to_string)
 }
 
+/// What `approver` signs in with now: their token digests (in a stable order), or
+/// nothing for an approver without a token (links only).
+fn credential_of(live: &Live, approver: &str) -> Vec<u8> {
+    let mut digests: Vec<&[u8; 32]> =
+        live.approver_tokens.iter().filter(|(_, a)| *a == approver).map(|(d, _)| d).collect();
+    digests.sort();
+    digests.into_iter().flatten().copied().collect()
+}
+
 fn looks_like_token(t: &str) -> bool {
     !t.is_empty() && t.len() <= 2048 && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
@@ -181,12 +190,16 @@ impl Ui {
         format!("Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{}", if self.secure { "; Secure" } else { "" })
     }
 
-    /// The signed-in approver, if the cookie is genuine, unexpired, and the approver
-    /// is still configured.
+    /// The signed-in approver, if the cookie is genuine, unexpired, the approver is
+    /// still configured, and their token is still the one they signed in with.
     fn session(&self, h: &HeaderMap) -> Option<Session> {
         let c = cookie(h, SESSION_COOKIE)?;
         let s = self.keys.open_session(&c, self.gate.clock.now())?;
-        self.gate.live().approvers.contains_key(&s.approver).then_some(s)
+        let live = self.gate.live();
+        if !live.approvers.contains_key(&s.approver) {
+            return None;
+        }
+        self.keys.session_current(&s, &credential_of(&live, &s.approver)).then_some(s)
     }
 
     /// The pre-session cookie, and whether it must be set on the response.
@@ -541,8 +554,9 @@ impl Ui {
         let live = self.gate.live();
         let d = token_digest(token.trim());
         if let Some(who) = live.approver_tokens.get(&d).cloned() {
+            let credential = credential_of(&live, &who);
             drop(live);
-            let (_, value) = self.keys.new_session(&who, self.gate.clock.now());
+            let (_, value) = self.keys.new_session(&who, &credential, self.gate.clock.now());
             tracing::info!(approver = %who, method = "token", "signed in to the web page");
             let mut r = redirect(safe_next(&next));
             set_header(&mut r, SET_COOKIE, &self.session_cookie(&value));
@@ -644,7 +658,8 @@ impl Ui {
             Ok(false) => return self.link_refusal(LinkError::Used),
             Err(e) => return self.store_down(&e),
         }
-        let (_, value) = self.keys.new_session(&claims.approver, now);
+        let credential = credential_of(&self.gate.live(), &claims.approver);
+        let (_, value) = self.keys.new_session(&claims.approver, &credential, now);
         tracing::info!(approver = %claims.approver, approval.id = %claims.approval_id, method = "link", "signed in to the web page");
         let to = if Approval::looks_like_id(&claims.approval_id) {
             format!("/ui/approvals/{}", claims.approval_id)

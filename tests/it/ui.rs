@@ -556,3 +556,42 @@ async fn an_admin_api_decision_reaches_an_open_page_within_a_second() {
     let (_, s) = wait_for(&mut carol_feed, "\"change\":\"opened\"").await;
     assert!(s.contains(&deploy) && !s.contains(&id), "{s}");
 }
+
+#[tokio::test]
+async fn rotating_an_approvers_token_ends_the_sessions_opened_with_the_old_one() {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("alice-token");
+    std::fs::write(&file, "alice-token-before-rotation\n").unwrap();
+    let up = FakeUpstream::start(None).await;
+    let mut o = Options::new(&up);
+    o.people_toml =
+        PEOPLE_TOML.replace("token_env = \"ALICE_TOKEN\"", &format!("token_file = {:?}", file.display().to_string()));
+    let app = TestApp::start(o).await;
+    let id = pending_refund(&app, 240000).await;
+    let mut old = Browser::sign_in(&app, "alice-token-before-rotation").await;
+    assert!(old.get("/ui").await.text().contains(&id));
+    let page = old.get(&format!("/ui/approvals/{id}")).await;
+    let old_csrf = csrf(&page);
+
+    // A reload that leaves the token alone keeps the session.
+    app.reloader.reload("sighup").await.expect("reloads");
+    assert!(old.get("/ui").await.text().contains(&id), "an unchanged token keeps its sessions");
+
+    std::fs::write(&file, "alice-token-after-rotation\n").unwrap();
+    app.reloader.reload("sighup").await.expect("reloads");
+    for path in ["/ui".to_string(), format!("/ui/approvals/{id}")] {
+        let t = old.get(&path).await.text();
+        assert!(t.contains("action=\"/ui/login\"") && !t.contains(&id), "{path}: the old session still works: {t}");
+    }
+    // Deciding with the old session's cookie and its CSRF token changes nothing.
+    let r = old.post(&format!("/ui/approvals/{id}/decision"), &[("csrf", &old_csrf), ("decision", "approve")]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(admin_get(&app, BOB, &id).await["status"], "pending");
+
+    let mut new = Browser::sign_in(&app, "alice-token-after-rotation").await;
+    assert!(new.get("/ui").await.text().contains(&id));
+    let mut refused = Browser::new(&app);
+    let page = refused.get("/ui").await;
+    let r = refused.post("/ui/login", &[("csrf", &csrf(&page)), ("token", "alice-token-before-rotation")]).await;
+    assert_eq!(r.status, 401, "the old token no longer signs in");
+}

@@ -115,6 +115,8 @@ export class RefundAgent extends Agent {
 
   /** A scheduled follow-up on an approval nobody had decided when the tool asked. */
   async followUp(wait) {
+    // Settled already (a retried or duplicate schedule): never pay twice.
+    if (!this.state.awaiting.some((w) => w.approvalId === wait.approvalId)) return;
     let decision;
     try {
       decision = await this.client().getApproval(wait.approvalId);

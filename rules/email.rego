@@ -25,9 +25,11 @@ package approvalplane
 
 # The rules below add to email_*; they reach the decision sets only for
 # requests that pass email_request, so other requests never evaluate them.
+# Reads are allowed: email_approval is not evaluated for them.
 
 approval contains element if {
 	email_request
+	not http_read
 	some element in email_approval
 }
 

@@ -19,9 +19,11 @@ package approvalplane
 
 # The rules below add to github_*; they reach the decision sets only for
 # requests that pass github_request, so other requests never evaluate them.
+# Reads are allowed: github_approval is not evaluated for them.
 
 approval contains element if {
 	github_request
+	not http_read
 	some element in github_approval
 }
 

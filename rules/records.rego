@@ -20,9 +20,11 @@ package approvalplane
 
 # The rules below add to records_*; they reach the decision sets only for
 # requests that pass records_request, so other requests never evaluate them.
+# Reads are allowed: records_approval is not evaluated for them.
 
 approval contains element if {
 	records_request
+	not http_read
 	some element in records_approval
 }
 

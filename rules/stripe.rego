@@ -16,14 +16,17 @@ package approvalplane
 
 # The rules below add to stripe_*; they reach the decision sets only for
 # requests that pass stripe_request, so other requests never evaluate them.
+# Reads are allowed: stripe_approval and stripe_deny are not evaluated for them.
 
 deny contains element if {
 	stripe_request
+	not http_read
 	some element in stripe_deny
 }
 
 approval contains element if {
 	stripe_request
+	not http_read
 	some element in stripe_approval
 }
 

@@ -35,7 +35,7 @@ async fn run(
             let mut lat = Vec::with_capacity(per_task);
             for i in 0..per_task {
                 let s = Instant::now();
-                log.append(event(t * per_task + i), durability).await.unwrap();
+                log.append(&event(t * per_task + i), durability).await.unwrap();
                 lat.push(s.elapsed());
             }
             lat

@@ -206,7 +206,7 @@ impl App {
         let audit = AuditLog::start(wopts, clock.clone(), policy.hash())?;
         audit
             .append(
-                Event::PolicyLoaded {
+                &Event::PolicyLoaded {
                     policy_bundle: policy.hash().to_string(),
                     files: policy.files().iter().map(|f| f.display().to_string()).collect(),
                     trigger: "start".into(),
@@ -360,7 +360,7 @@ impl App {
         if !withdrawn.is_empty() {
             tracing::info!(count = withdrawn.len(), "approved grants withdrawn at shutdown");
         }
-        if let Err(e) = gate.audit.append(Event::Shutdown { reason, interrupted }, Durability::Synced).await {
+        if let Err(e) = gate.audit.append(&Event::Shutdown { reason, interrupted }, Durability::Synced).await {
             tracing::error!(error = %e, "shutdown record not written");
         }
         gate.audit.close().await;

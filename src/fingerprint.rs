@@ -14,6 +14,18 @@ pub fn is_volatile(name: &str) -> bool {
     VOLATILE_HEADERS.iter().any(|v| name.eq_ignore_ascii_case(v))
 }
 
+/// Lowercase hex of a digest. It runs for every record and request, so it fills a
+/// sized `String` instead of collecting char by char as `hex::encode` does.
+pub fn digest_hex(d: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(d.len() * 2);
+    for &b in d {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
 struct Fp(Sha256);
 
 impl Fp {
@@ -33,7 +45,7 @@ impl Fp {
     }
 
     fn finish(self) -> String {
-        hex::encode(self.0.finalize())
+        digest_hex(&self.0.finalize())
     }
 }
 
@@ -89,6 +101,13 @@ pub fn mcp(agent: &str, server: &str, tool: &str, canonical_arguments: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_hex_is_lowercase_hex() {
+        let d = Sha256::digest(b"abc");
+        assert_eq!(digest_hex(&d), hex::encode(d));
+        assert_eq!(digest_hex(&[0x00, 0x0f, 0xf0, 0xff]), "000ff0ff");
+    }
 
     fn h(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

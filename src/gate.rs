@@ -411,7 +411,7 @@ impl Gate {
                     None,
                     a.justification.as_deref(),
                 );
-                let f = Box::pin(self.audit.append(ev.clone(), Durability::Written));
+                let f = Box::pin(self.audit.append(&ev, Durability::Written));
                 if let Err(err) = f.await {
                     audit_failed(&err, "decision");
                     self.record_later(ev);
@@ -522,7 +522,7 @@ impl Gate {
             payload_json,
             justification,
         );
-        if let Err(e) = self.audit.append(ev, Durability::Written).await {
+        if let Err(e) = self.audit.append(&ev, Durability::Written).await {
             audit_failed(&e, "decision");
             self.metrics.audit_failures.inc();
             if self.settings.fail_mode == FailMode::Closed {
@@ -553,7 +553,7 @@ impl Gate {
             payload_json,
             justification,
         );
-        if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
+        if let Err(e) = self.audit.append(&ev, Durability::Written).await {
             audit_failed(&e, "decision");
             self.record_later(ev);
         }
@@ -587,7 +587,7 @@ impl Gate {
                     approval_id: a.id.clone(),
                     reason: "an identical request was rejected recently".into(),
                 };
-                if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
+                if let Err(e) = self.audit.append(&ev, Durability::Written).await {
                     audit_failed(&e, "approval_refused");
                     self.record_later(ev);
                 }
@@ -609,7 +609,7 @@ impl Gate {
             payload_json,
             justification.as_deref(),
         );
-        let recorded = match self.audit.append(ev, Durability::Written).await {
+        let recorded = match self.audit.append(&ev, Durability::Written).await {
             Ok(_) if created => {
                 let ev = Event::ApprovalRequested {
                     subject: Self::subject_of(&approval),
@@ -640,7 +640,7 @@ impl Gate {
                     expires_at: approval.expires_at.rfc3339(),
                     escalate_at: approval.escalate_at.map(|t| t.rfc3339()),
                 };
-                self.audit.append(ev, Durability::Synced).await.map(|_| ())
+                self.audit.append(&ev, Durability::Synced).await.map(|_| ())
             }
             Ok(_) => Ok(()),
             Err(e) => Err(e),
@@ -771,7 +771,7 @@ impl Gate {
                     decided_by: a.decided_by.clone(),
                     approvals: a.approvals.clone(),
                 };
-                if let Err(e) = self.audit.append(ev, Durability::Synced).await {
+                if let Err(e) = self.audit.append(&ev, Durability::Synced).await {
                     audit_failed(&e, "grant_used");
                     self.metrics.audit_failures.inc();
                     let _ = self.store.release_grant(&a.id, stored).await;
@@ -862,7 +862,7 @@ impl Gate {
             // Recorded before the answer is handed back: once the agent has its
             // response, the log has the forward.
             let durability = if approval_id.is_some() { Durability::Synced } else { Durability::Written };
-            if let Err(e) = gate.audit.append(ev.clone(), durability).await {
+            if let Err(e) = gate.audit.append(&ev, durability).await {
                 // The request went out: its record is written as soon as the log
                 // takes it.
                 audit_failed(&e, "forwarded");
@@ -926,7 +926,7 @@ impl Gate {
                     payload_json.map(str::to_string),
                     None,
                 );
-                if let Err(e) = self.audit.append(ev.clone(), Durability::Written).await {
+                if let Err(e) = self.audit.append(&ev, Durability::Written).await {
                     audit_failed(&e, "decision");
                     self.record_later(ev);
                 }
@@ -1023,12 +1023,12 @@ impl Gate {
                     Some(canonical_payload),
                     a.justification.as_deref(),
                 );
-                let mut res = self.audit.append(ev, Durability::Written).await.map(|_| ());
+                let mut res = self.audit.append(&ev, Durability::Written).await.map(|_| ());
                 if res.is_ok() && created {
                     res = self
                         .audit
                         .append(
-                            Event::ApprovalDecided {
+                            &Event::ApprovalDecided {
                                 subject: subject.clone(),
                                 approval_id: ap.id.clone(),
                                 verdict: "approve".into(),
@@ -1204,7 +1204,7 @@ impl Gate {
             latency_ms: latency.as_millis() as u64,
         };
         let durability = if permit.approval_id.is_some() { Durability::Synced } else { Durability::Written };
-        if let Err(e) = self.audit.append(ev.clone(), durability).await {
+        if let Err(e) = self.audit.append(&ev, durability).await {
             audit_failed(&e, "forwarded");
             self.metrics.audit_failures.inc();
             self.record_later(ev);
@@ -1302,7 +1302,7 @@ impl Gate {
             approvals: a.approvals.clone(),
             quorum: a.quorum,
         };
-        if let Err(e) = self.audit.append(ev.clone(), Durability::Synced).await {
+        if let Err(e) = self.audit.append(&ev, Durability::Synced).await {
             // The log failed between the health check and this write. The decision
             // stands in the store, so its record must not be lost: it is written
             // again until the log recovers. Forwarding needs a synced grant record
@@ -1343,7 +1343,7 @@ impl Gate {
             let mut wait = Duration::from_millis(100);
             loop {
                 tokio::time::sleep(wait).await;
-                match audit.append(ev.clone(), Durability::Synced).await {
+                match audit.append(&ev, Durability::Synced).await {
                     Ok(_) => {
                         tracing::info!(kind = ev.kind(), "audit record written after the log recovered");
                         return;
@@ -1373,7 +1373,7 @@ impl Gate {
             status: a.status.as_str().into(),
             reason: reason.to_string(),
         };
-        if let Err(e) = self.audit.append(ev.clone(), Durability::Synced).await {
+        if let Err(e) = self.audit.append(&ev, Durability::Synced).await {
             audit_failed(&e, "approval_ended");
             self.metrics.audit_failures.inc();
             self.record_later(ev);
@@ -1416,7 +1416,7 @@ impl Gate {
             approval_id: a.id.clone(),
             escalated_to: a.escalated_to.clone(),
         };
-        if let Err(e) = self.audit.append(ev.clone(), Durability::Synced).await {
+        if let Err(e) = self.audit.append(&ev, Durability::Synced).await {
             audit_failed(&e, "approval_escalated");
             self.metrics.audit_failures.inc();
             self.record_later(ev);

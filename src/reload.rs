@@ -150,7 +150,7 @@ impl Reloader {
                     .gate
                     .audit
                     .append(
-                        Event::PolicyLoaded { policy_bundle: hash.clone(), files, trigger: trigger.into() },
+                        &Event::PolicyLoaded { policy_bundle: hash.clone(), files, trigger: trigger.into() },
                         Durability::Synced,
                     )
                     .await
@@ -174,7 +174,7 @@ impl Reloader {
                     error: e.to_string(),
                     trigger: trigger.into(),
                 };
-                if let Err(e) = self.gate.audit.append(ev, Durability::Synced).await {
+                if let Err(e) = self.gate.audit.append(&ev, Durability::Synced).await {
                     tracing::error!(error = %e, "policy_rejected record not written");
                 }
                 Err(e)

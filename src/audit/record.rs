@@ -139,7 +139,7 @@ fn hash_canonical(canonical: &str) -> String {
     let mut h = Sha256::new();
     h.update(HASH_DOMAIN);
     h.update(canonical.as_bytes());
-    hex::encode(h.finalize())
+    crate::fingerprint::digest_hex(&h.finalize())
 }
 
 /// The header fields every record carries.

@@ -8,12 +8,20 @@
 //! forwards for [`Durability::Synced`] (safe from a power cut).
 //!
 //! The allowed path's records ([`Durability::Written`]) skip the hand-off when they
-//! can: the caller takes the chain's lock and writes its one record itself (a
-//! `write` to the page cache, a few microseconds), so a request costs no wake-up of
-//! the writer thread and no acknowledgement back. Whenever the thread is busy with
-//! a synced batch, a checkpoint or a rotation, or the log is failing, the record
-//! goes through the queue as before: nothing that needs the thread waits for it on
-//! a caller's stack, and the lock is never held by a caller across an `fsync`.
+//! can: the caller takes the chain's lock and writes its record itself (a `write`
+//! to the page cache, a few microseconds), so a request costs no wake-up of the
+//! writer thread and no acknowledgement back. Whenever the thread is busy with a
+//! synced batch, a checkpoint or a rotation, or the log is failing, the record goes
+//! through the queue as before: nothing that needs the thread waits for it on a
+//! caller's stack, and the lock is never held by a caller across an `fsync`.
+//!
+//! Records written in place are combined too: a caller seals its record into the
+//! chain's pending buffer, yields once (so the other requests ready on its thread
+//! can add theirs), and then writes the whole buffer with one `write` unless
+//! another caller or the thread already has. A caller goes on only once the write
+//! that holds its record has succeeded; a caller dropped while it yields leaves its
+//! record to be written by its drop guard. The buffer is always the head of the
+//! next write, so file order stays seq order.
 //!
 //! A failed write is rolled back (the file is truncated to its last good length and
 //! the chain position restored), every caller in the batch gets an error, and the
@@ -133,6 +141,8 @@ pub struct AuditHealth {
     pub records: AtomicU64,
     /// Microseconds the last batch took to write (and sync, if asked).
     pub last_batch_micros: AtomicU64,
+    /// Writes to the chain file so far (one per batch, however many records it holds).
+    pub writes: AtomicU64,
     pub failures: AtomicU64,
     /// Unix milliseconds of the last checkpoint.
     pub last_checkpoint_ms: AtomicU64,
@@ -174,6 +184,10 @@ enum Msg {
     Tick,
     /// Sent every second while the log is failing: check the disk again.
     Probe,
+    /// Write the records sealed in place, if any are still pending.
+    Flush {
+        ack: Option<oneshot::Sender<()>>,
+    },
     Close {
         ack: oneshot::Sender<()>,
     },
@@ -230,6 +244,29 @@ struct Writer {
     url_copies: Option<mpsc::UnboundedSender<String>>,
     /// Set when the writer has stopped: later appends fail with `Closed`.
     closed: bool,
+    /// Sealed records not yet written: the head of the next write.
+    pending: Pending,
+}
+
+/// Records sealed in place and waiting for the write that combines them.
+#[derive(Default)]
+struct Pending {
+    lines: String,
+    records: u64,
+    /// The chain position before the first of them, to roll back to.
+    from: Option<(u64, String)>,
+    /// Resolved by the write that holds them.
+    outcome: Arc<Outcome>,
+}
+
+/// The outcome of one combined write, shared by the callers whose records it holds.
+#[derive(Default)]
+struct Outcome(std::sync::OnceLock<Result<(), String>>);
+
+impl Outcome {
+    fn get(&self) -> Option<Result<(), AuditError>> {
+        self.0.get().map(|r| r.clone().map_err(AuditError::Unavailable))
+    }
 }
 
 /// The chain, shared by the writer thread and the callers that write in place.
@@ -302,10 +339,15 @@ impl Writer {
     }
 
     /// Writes a batch. On failure, restores the file and the chain position.
-    /// Returns the first seq and the lines written.
+    /// Returns the first seq and the lines written. Records sealed in place ahead of
+    /// it (see [`Pending`]) go first, in the same write, and share its outcome.
     fn write_batch(&mut self, events: &[&Event], sync: bool) -> Result<(u64, String), String> {
-        let (seq0, prev0, len0) = (self.seq, self.prev.clone(), self.cur.len);
-        let mut buf = String::new();
+        let pending = std::mem::take(&mut self.pending);
+        let (seq0, prev0) = pending.from.unwrap_or_else(|| (self.seq, self.prev.clone()));
+        let len0 = self.cur.len;
+        let first = self.seq;
+        let mut buf = pending.lines;
+        let own = buf.len();
         for e in events {
             buf.push_str(&self.seal(e));
             buf.push('\n');
@@ -317,11 +359,15 @@ impl Writer {
                 Ok(())
             }
         });
-        match res {
+        self.health.writes.fetch_add(1, Ordering::Relaxed);
+        let res = match res {
             Ok(()) => {
                 self.cur.len += buf.len() as u64;
-                self.since_checkpoint += events.len() as u64;
-                Ok((seq0, buf))
+                self.since_checkpoint += pending.records + events.len() as u64;
+                if pending.records > 0 {
+                    self.health.records.fetch_add(pending.records, Ordering::Relaxed);
+                }
+                Ok((first, buf.split_off(own)))
             }
             Err(e) => {
                 self.seq = seq0;
@@ -330,7 +376,27 @@ impl Writer {
                 let _ = self.cur.file.set_len(len0);
                 Err(format!("writing {}: {e}", self.cur.path.display()))
             }
+        };
+        let _ = pending.outcome.0.set(res.as_ref().map(|_| ()).map_err(Clone::clone));
+        res
+    }
+
+    /// Writes the pending records, if any.
+    fn flush_pending(&mut self) -> Result<(), String> {
+        if self.pending.records == 0 {
+            return Ok(());
         }
+        let start = Instant::now();
+        let res = self.write_batch(&[], false).map(|_| ());
+        self.health.last_batch_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Some(h) = &self.opts.batch_seconds {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "audit write failed");
+            self.health.set(Err(e.clone()));
+        }
+        res
     }
 
     /// Appends a checkpoint anchoring everything so far, signed when a key is set,
@@ -368,7 +434,7 @@ impl Writer {
         Ok(())
     }
 
-    fn ack_all(&self, records: Vec<Pending>, res: &Result<u64, String>) {
+    fn ack_all(&self, records: Vec<Queued>, res: &Result<u64, String>) {
         for (i, (event, _, ack)) in records.into_iter().enumerate() {
             match (res, ack) {
                 (Ok(seq0), Some(ack)) => {
@@ -383,7 +449,7 @@ impl Writer {
         }
     }
 
-    fn handle_records(&mut self, records: Vec<Pending>) {
+    fn handle_records(&mut self, records: Vec<Queued>) {
         if self.rotation_due() {
             if let Err(e) = self.rotate() {
                 tracing::error!(error = %e, "audit rotation failed");
@@ -435,33 +501,25 @@ impl Writer {
         }
     }
 
-    /// Records written in place by a caller (see the module docs); `None` when the
-    /// record must go through the queue instead.
-    fn write_in_place(&mut self, event: &Event) -> Option<Result<u64, AuditError>> {
+    /// Seals a record written in place by a caller (see the module docs) into the
+    /// pending buffer; `None` when the record must go through the queue instead.
+    fn seal_in_place(&mut self, event: &Event) -> Option<Result<(u64, Arc<Outcome>), AuditError>> {
         if self.closed {
             return Some(Err(AuditError::Closed));
         }
         // Rotation, checkpoints and probing are the thread's work.
-        if self.rotation_due() || self.since_checkpoint >= self.opts.checkpoint_every {
+        if self.rotation_due() || self.since_checkpoint + self.pending.records >= self.opts.checkpoint_every {
             return None;
         }
-        let start = Instant::now();
-        let res = self.write_batch(&[event], false);
-        self.health.last_batch_micros.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-        if let Some(h) = &self.opts.batch_seconds {
-            h.observe(start.elapsed().as_secs_f64());
+        if self.pending.from.is_none() {
+            self.pending.from = Some((self.seq, self.prev.clone()));
         }
-        Some(match res {
-            Ok((seq, _)) => {
-                self.health.records.fetch_add(1, Ordering::Relaxed);
-                Ok(seq)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, records = 1, "audit write failed");
-                self.health.set(Err(e.clone()));
-                Err(AuditError::Unavailable(e))
-            }
-        })
+        let seq = self.seq;
+        let line = self.seal(event);
+        self.pending.lines.push_str(&line);
+        self.pending.lines.push('\n');
+        self.pending.records += 1;
+        Some(Ok((seq, self.pending.outcome.clone())))
     }
 
     fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
@@ -477,11 +535,13 @@ impl Writer {
             }
             let mut records = Vec::with_capacity(batch.len());
             let (mut tick, mut probe) = (false, false);
+            let mut flushed = Vec::new();
             for m in batch {
                 match m {
                     Msg::Record { event, durability, ack } => records.push((event, durability, ack)),
                     Msg::Tick => tick = true,
                     Msg::Probe => probe = true,
+                    Msg::Flush { ack } => flushed.extend(ack),
                     Msg::Close { ack } => closing = Some(ack),
                 }
             }
@@ -493,6 +553,8 @@ impl Writer {
             let this = &mut *guard;
             if !records.is_empty() {
                 this.handle_records(records);
+            } else if let Err(e) = this.flush_pending() {
+                tracing::error!(error = %e, "audit write failed");
             }
             if probe && !this.health.is_ok() {
                 this.probe();
@@ -508,6 +570,9 @@ impl Writer {
             }
             drop(guard);
             shared.busy.store(false, Ordering::Release);
+            for ack in flushed {
+                let _ = ack.send(());
+            }
         }
         shared.busy.store(true, Ordering::Release);
         let mut guard = match shared.writer.lock() {
@@ -528,7 +593,57 @@ impl Writer {
     }
 }
 
-type Pending = (Box<Event>, Durability, Option<oneshot::Sender<Result<u64, AuditError>>>);
+type Queued = (Box<Event>, Durability, Option<oneshot::Sender<Result<u64, AuditError>>>);
+
+/// Writes a caller's pending record unless some write already has: when the caller
+/// goes on, or when it is dropped while it waits. Never waits on the lock: when the
+/// thread holds it (a synced batch, a checkpoint), the thread writes the buffer.
+struct FlushOnDrop<'a> {
+    log: &'a AuditLog,
+    outcome: Option<Arc<Outcome>>,
+}
+
+impl FlushOnDrop<'_> {
+    /// Writes the buffer now if the lock is free; true if that was done or not needed.
+    fn try_flush(&self, outcome: &Outcome) -> bool {
+        if outcome.get().is_some() {
+            return true;
+        }
+        let mut w = match self.log.shared.writer.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        // Under the lock, the record is either written (or failed) or still pending.
+        if outcome.get().is_none() {
+            let _ = w.flush_pending();
+        }
+        true
+    }
+
+    async fn finish(&mut self) -> Result<(), AuditError> {
+        let Some(outcome) = self.outcome.take() else { return Ok(()) };
+        if !self.try_flush(&outcome) {
+            let (ack, rx) = oneshot::channel();
+            if self.log.tx.send(Msg::Flush { ack: Some(ack) }).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        outcome.get().unwrap_or(Err(AuditError::Closed))
+    }
+}
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.outcome.take() {
+            if !self.try_flush(&outcome) {
+                // The thread holds the lock and writes the buffer with whatever it
+                // is doing; the message only makes sure it takes the lock again.
+                let _ = self.log.tx.try_send(Msg::Flush { ack: None });
+            }
+        }
+    }
+}
 
 /// The bytes a checkpoint signature covers.
 pub fn checkpoint_message(chain: &str, through_seq: u64, through_hash: &str) -> Vec<u8> {
@@ -651,6 +766,7 @@ impl AuditLog {
             since_checkpoint: 0,
             url_copies,
             closed: false,
+            pending: Pending::default(),
         };
         let genesis = Event::Genesis {
             replica: opts.replica.clone(),
@@ -710,24 +826,30 @@ impl AuditLog {
 
     /// Appends `event` and waits for `durability`. Returns the record's seq
     /// (0 for [`Durability::Queued`], which does not wait).
-    pub async fn append(&self, event: Event, durability: Durability) -> Result<u64, AuditError> {
+    pub async fn append(&self, event: &Event, durability: Durability) -> Result<u64, AuditError> {
         if durability == Durability::Queued {
             self.tx
-                .send(Msg::Record { event: Box::new(event), durability, ack: None })
+                .send(Msg::Record { event: Box::new(event.clone()), durability, ack: None })
                 .await
                 .map_err(|_| AuditError::Closed)?;
             return Ok(0);
         }
         if durability == Durability::Written && !self.shared.busy.load(Ordering::Acquire) && self.health.is_ok() {
-            if let Ok(mut w) = self.shared.writer.try_lock() {
-                if let Some(res) = w.write_in_place(&event) {
-                    return res;
-                }
+            let sealed = match self.shared.writer.try_lock() {
+                Ok(mut w) => w.seal_in_place(event),
+                Err(_) => None,
+            };
+            if let Some(sealed) = sealed {
+                let (seq, outcome) = sealed?;
+                let mut flush = FlushOnDrop { log: self, outcome: Some(outcome) };
+                // Lets the other requests ready on this thread add their records.
+                tokio::task::yield_now().await;
+                return flush.finish().await.map(|()| seq);
             }
         }
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record { event: Box::new(event), durability, ack: Some(ack) })
+            .send(Msg::Record { event: Box::new(event.clone()), durability, ack: Some(ack) })
             .await
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
@@ -816,7 +938,7 @@ mod tests {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 let d = if i % 3 == 0 { Durability::Synced } else { Durability::Written };
-                log.append(Event::Shutdown { reason: format!("r{i}"), interrupted: vec![] }, d).await.unwrap()
+                log.append(&Event::Shutdown { reason: format!("r{i}"), interrupted: vec![] }, d).await.unwrap()
             }));
         }
         let mut seqs = Vec::new();
@@ -826,14 +948,14 @@ mod tests {
         // One at a time, so batches are small and rotation (at batch boundaries) happens.
         for i in 0..100 {
             let e = Event::Shutdown { reason: format!("s{i}"), interrupted: vec![] };
-            seqs.push(log.append(e, Durability::Written).await.unwrap());
+            seqs.push(log.append(&e, Durability::Written).await.unwrap());
         }
         seqs.sort();
         seqs.dedup();
         assert_eq!(seqs.len(), 300, "every record got its own seq (checkpoints take seqs too)");
         log.close().await;
         assert!(log
-            .append(Event::Shutdown { reason: "x".into(), interrupted: vec![] }, Durability::Written)
+            .append(&Event::Shutdown { reason: "x".into(), interrupted: vec![] }, Durability::Written)
             .await
             .is_err());
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -861,7 +983,7 @@ mod tests {
                 let mut seqs = Vec::new();
                 for i in 0..50 {
                     let d = if i % 10 == t { Durability::Synced } else { Durability::Written };
-                    seqs.push(log.append(ev(format!("t{t}-{i}")), d).await.unwrap());
+                    seqs.push(log.append(&ev(format!("t{t}-{i}")), d).await.unwrap());
                 }
                 seqs
             }));
@@ -875,7 +997,7 @@ mod tests {
         assert_eq!(seqs.len(), 400, "every record got its own seq");
 
         fault.store(true, Ordering::Release);
-        let err = log.append(ev("lost".into()), Durability::Written).await;
+        let err = log.append(&ev("lost".into()), Durability::Written).await;
         assert!(matches!(err, Err(AuditError::Unavailable(_))), "{err:?}");
         assert!(!log.health().is_ok());
         fault.store(false, Ordering::Release);
@@ -887,9 +1009,9 @@ mod tests {
             let _ = log.writer_probe_for_test().await;
         }
         assert!(log.health().is_ok(), "the probe found the disk writable again");
-        log.append(ev("after".into()), Durability::Written).await.unwrap();
+        log.append(&ev("after".into()), Durability::Written).await.unwrap();
         log.close().await;
-        assert!(matches!(log.append(ev("closed".into()), Durability::Written).await, Err(AuditError::Closed)));
+        assert!(matches!(log.append(&ev("closed".into()), Durability::Written).await, Err(AuditError::Closed)));
 
         let mut reasons = Vec::new();
         let report = crate::audit::verify::verify_with(dir.path(), &Default::default(), |v| {
@@ -905,11 +1027,75 @@ mod tests {
         assert!(report.chains[0].checkpoints >= 10, "checkpoints fell due: {}", report.chains[0].checkpoints);
     }
 
+    /// Records written in place by requests ready at the same time share one
+    /// `write`, a failed shared write fails every one of them, and a caller dropped
+    /// while it waits still has its record written.
+    #[tokio::test]
+    async fn records_written_in_place_are_combined_and_fail_together() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fault = Arc::new(AtomicBool::new(false));
+        let o = WriterOptions { fault: Some(fault.clone()), ..opts(dir.path(), 1 << 20) };
+        let log = AuditLog::start(o, Arc::new(SystemClock), "sha256:abc").unwrap();
+        let ev = |r: String| Event::Shutdown { reason: r, interrupted: vec![] };
+
+        let events: Vec<Event> = (0..32).map(|i| ev(format!("together-{i}"))).collect();
+        let writes = log.health().writes.load(Ordering::Relaxed);
+        let seqs = futures_util::future::join_all(events.iter().map(|e| log.append(e, Durability::Written))).await;
+        let mut seqs: Vec<u64> = seqs.into_iter().map(Result::unwrap).collect();
+        assert_eq!(log.health().writes.load(Ordering::Relaxed) - writes, 1, "32 ready records, one write");
+        seqs.dedup();
+        assert_eq!(seqs, (seqs[0]..seqs[0] + 32).collect::<Vec<_>>(), "in order, each its own seq");
+
+        // All sealed, then the disk fails before the shared write.
+        let (a, b, c, ()) = tokio::join!(
+            log.append(&events[0], Durability::Written),
+            log.append(&events[1], Durability::Written),
+            log.append(&events[2], Durability::Written),
+            async { fault.store(true, Ordering::Release) },
+        );
+        for r in [a, b, c] {
+            assert!(matches!(r, Err(AuditError::Unavailable(_))), "{r:?}");
+        }
+        assert!(!log.health().is_ok());
+        fault.store(false, Ordering::Release);
+        for _ in 0..50 {
+            if log.health().is_ok() {
+                break;
+            }
+            let _ = log.writer_probe_for_test().await;
+        }
+        assert!(log.health().is_ok());
+
+        // Polled once (sealed, waiting for its write), then dropped.
+        let dropped = ev("dropped while waiting".into());
+        assert!(log.append(&dropped, Durability::Written).now_or_never().is_none(), "waits for the write");
+        let on_disk: String = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(on_disk.contains("dropped while waiting"), "written when its caller was dropped");
+        log.append(&ev("after".into()), Durability::Written).await.unwrap();
+        log.close().await;
+
+        let mut reasons = Vec::new();
+        let report = crate::audit::verify::verify_with(dir.path(), &Default::default(), |v| {
+            if v["kind"] == "shutdown" {
+                reasons.push(v["reason"].as_str().unwrap_or_default().to_string());
+            }
+        })
+        .unwrap();
+        assert!(report.intact(), "{:?}", report.findings);
+        let mut want: Vec<String> = (0..32).map(|i| format!("together-{i}")).collect();
+        want.extend(["dropped while waiting".to_string(), "after".to_string()]);
+        assert_eq!(reasons, want, "the failed write left nothing; the dropped caller's record is there");
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_moved_aside_and_recorded_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::start(opts(dir.path(), 1 << 20), Arc::new(SystemClock), "sha256:abc").unwrap();
-        log.append(Event::Shutdown { reason: "a".into(), interrupted: vec![] }, Durability::Synced).await.unwrap();
+        log.append(&Event::Shutdown { reason: "a".into(), interrupted: vec![] }, Durability::Synced).await.unwrap();
         log.close().await;
         let first = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
         let mut f = OpenOptions::new().append(true).open(&first).unwrap();

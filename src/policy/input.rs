@@ -45,7 +45,7 @@ pub struct HttpView<'a> {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
+    crate::fingerprint::digest_hex(&Sha256::digest(b))
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

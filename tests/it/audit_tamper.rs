@@ -485,7 +485,7 @@ fn small_log() -> (tempfile::TempDir, PathBuf) {
         .unwrap();
         for i in 0..12 {
             log.append(
-                Event::Shutdown { reason: format!("r{i}"), interrupted: vec![format!("apr_{i}")] },
+                &Event::Shutdown { reason: format!("r{i}"), interrupted: vec![format!("apr_{i}")] },
                 Durability::Written,
             )
             .await
@@ -556,7 +556,7 @@ async fn checkpoints_are_copied_to_a_url() {
     o.checkpoint_copy = Some(CheckpointCopy::Url(format!("http://{}/checkpoints", receiver.addr)));
     let log = AuditLog::start(o, Arc::new(approvalplane::clock::SystemClock), "sha256:x").unwrap();
     for i in 0..7 {
-        log.append(Event::Shutdown { reason: format!("r{i}"), interrupted: vec![] }, Durability::Written)
+        log.append(&Event::Shutdown { reason: format!("r{i}"), interrupted: vec![] }, Durability::Written)
             .await
             .unwrap();
     }

@@ -80,7 +80,8 @@ pub fn write_object(members: &mut [Member], out: &mut String, mark: &str) -> Res
 
 /// Canonical text of any supported value.
 fn encode<T: Serialize + ?Sized>(v: &T) -> Result<String, Unsupported> {
-    let mut s = String::new();
+    // Sized for a quoted digest or id, so most members take one allocation.
+    let mut s = String::with_capacity(80);
     v.serialize(Writer { out: &mut s, members: None })?;
     Ok(s)
 }

@@ -929,6 +929,32 @@ mod tests {
         WriterOptions { rotate_bytes, ..WriterOptions::new(dir.to_path_buf(), "test") }
     }
 
+    /// Clears the injected fault and probes until the log reports healthy again.
+    async fn recover(log: &AuditLog, fault: &AtomicBool) {
+        fault.store(false, Ordering::Release);
+        for _ in 0..50 {
+            if log.health().is_ok() {
+                break;
+            }
+            let _ = log.writer_probe_for_test().await;
+        }
+        assert!(log.health().is_ok(), "the probe found the disk writable again");
+    }
+
+    /// Verifies the chains in `dir` (they must be intact) and returns the report with
+    /// the reasons of the shutdown records, in chain order.
+    fn shutdown_reasons(dir: &Path) -> (crate::audit::verify::Report, Vec<String>) {
+        let mut reasons = Vec::new();
+        let report = crate::audit::verify::verify_with(dir, &Default::default(), |v| {
+            if v["kind"] == "shutdown" {
+                reasons.push(v["reason"].as_str().unwrap_or_default().to_string());
+            }
+        })
+        .unwrap();
+        assert!(report.intact(), "{:?}", report.findings);
+        (report, reasons)
+    }
+
     #[tokio::test]
     async fn writes_a_verifiable_chain_across_rotations() {
         let dir = tempfile::tempdir().unwrap();
@@ -1000,27 +1026,13 @@ mod tests {
         let err = log.append(&ev("lost".into()), Durability::Written).await;
         assert!(matches!(err, Err(AuditError::Unavailable(_))), "{err:?}");
         assert!(!log.health().is_ok());
-        fault.store(false, Ordering::Release);
         // While unhealthy, records go through the thread, whose probe restores health.
-        for _ in 0..50 {
-            if log.health().is_ok() {
-                break;
-            }
-            let _ = log.writer_probe_for_test().await;
-        }
-        assert!(log.health().is_ok(), "the probe found the disk writable again");
+        recover(&log, &fault).await;
         log.append(&ev("after".into()), Durability::Written).await.unwrap();
         log.close().await;
         assert!(matches!(log.append(&ev("closed".into()), Durability::Written).await, Err(AuditError::Closed)));
 
-        let mut reasons = Vec::new();
-        let report = crate::audit::verify::verify_with(dir.path(), &Default::default(), |v| {
-            if v["kind"] == "shutdown" {
-                reasons.push(v["reason"].as_str().unwrap_or_default().to_string());
-            }
-        })
-        .unwrap();
-        assert!(report.intact(), "{:?}", report.findings);
+        let (report, reasons) = shutdown_reasons(dir.path());
         assert_eq!(reasons.len(), 401, "the 400, and the one after the failure");
         assert!(!reasons.iter().any(|r| r == "lost"), "a failed write leaves nothing behind");
         // Due every 10 records, taken at batch boundaries (a batch may pass 10).
@@ -1058,14 +1070,7 @@ mod tests {
             assert!(matches!(r, Err(AuditError::Unavailable(_))), "{r:?}");
         }
         assert!(!log.health().is_ok());
-        fault.store(false, Ordering::Release);
-        for _ in 0..50 {
-            if log.health().is_ok() {
-                break;
-            }
-            let _ = log.writer_probe_for_test().await;
-        }
-        assert!(log.health().is_ok());
+        recover(&log, &fault).await;
 
         // Polled once (sealed, waiting for its write), then dropped.
         let dropped = ev("dropped while waiting".into());
@@ -1078,14 +1083,7 @@ mod tests {
         log.append(&ev("after".into()), Durability::Written).await.unwrap();
         log.close().await;
 
-        let mut reasons = Vec::new();
-        let report = crate::audit::verify::verify_with(dir.path(), &Default::default(), |v| {
-            if v["kind"] == "shutdown" {
-                reasons.push(v["reason"].as_str().unwrap_or_default().to_string());
-            }
-        })
-        .unwrap();
-        assert!(report.intact(), "{:?}", report.findings);
+        let (_, reasons) = shutdown_reasons(dir.path());
         let mut want: Vec<String> = (0..32).map(|i| format!("together-{i}")).collect();
         want.extend(["dropped while waiting".to_string(), "after".to_string()]);
         assert_eq!(reasons, want, "the failed write left nothing; the dropped caller's record is there");

@@ -201,22 +201,25 @@ pub fn seal_event(h: &Header<'_>, event: &super::event::Event) -> (String, Strin
 
 fn seal_typed(h: &Header<'_>, event: &super::event::Event) -> Result<(String, String), super::typed::Unsupported> {
     use super::typed::{members, write_object};
-    let text = |s: &str| {
-        let mut o = String::with_capacity(s.len() + 2);
-        write_string(s, &mut o);
-        o
-    };
-    let mut m = members(event)?;
+    use std::fmt::Write as _;
+    // Every member's value text goes into one buffer.
+    let mut text = String::with_capacity(1024);
+    let mut m = members(event, &mut text)?;
     // As in `seal`: the header fields win over an event field of the same name.
     m.retain(|(k, _)| !matches!(&**k, "v" | "chain" | "seq" | "ts" | "prev" | "hash"));
-    m.push(("v".into(), VERSION.to_string()));
-    m.push(("chain".into(), text(h.chain)));
-    m.push(("seq".into(), h.seq.to_string()));
-    m.push(("ts".into(), text(h.ts)));
-    m.push(("prev".into(), text(h.prev)));
-    let mut without = String::with_capacity(768);
+    for (k, v) in [("chain", h.chain), ("ts", h.ts), ("prev", h.prev)] {
+        let start = text.len();
+        write_string(v, &mut text);
+        m.push((k.into(), start..text.len()));
+    }
+    for (k, n) in [("v", VERSION), ("seq", h.seq)] {
+        let start = text.len();
+        let _ = write!(text, "{n}");
+        m.push((k.into(), start..text.len()));
+    }
+    let mut without = String::with_capacity(text.len() + 32 * m.len());
     // Where the first member after "hash" starts: the hash goes in there.
-    let after_hash = write_object(&mut m, &mut without, "hash")?;
+    let after_hash = write_object(&mut m, &text, &mut without, "hash")?;
     let hash = hash_canonical(&without);
     let mut line = String::with_capacity(without.len() + 80);
     let member = |line: &mut String| {

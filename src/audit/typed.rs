@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::ops::Range;
 
 use serde::ser::{self, Serialize};
 
@@ -34,23 +35,24 @@ impl ser::Error for Unsupported {
     }
 }
 
-/// One object member: the raw key and the member's canonical value text.
-pub type Member = (Cow<'static, str>, String);
+/// One object member: the raw key, and where its canonical value text sits in the
+/// text the members were encoded into (one buffer for all of them, not a `String`
+/// each).
+pub type Member = (Cow<'static, str>, Range<usize>);
 
-/// The members of `v`, which must serialize as a map or a struct, each value
-/// already canonical; unsorted.
-pub fn members<T: Serialize + ?Sized>(v: &T) -> Result<Vec<Member>, Unsupported> {
-    let mut text = String::new();
+/// The members of `v`, which must serialize as a map or a struct, unsorted; their
+/// canonical value texts are written one after another into `text`.
+pub fn members<T: Serialize + ?Sized>(v: &T, text: &mut String) -> Result<Vec<Member>, Unsupported> {
     let mut out = Vec::new();
-    v.serialize(Writer { out: &mut text, members: Some(&mut out) })?;
+    v.serialize(Writer { out: text, members: Some(&mut out) })?;
     Ok(out)
 }
 
-/// Writes `members` as one canonical object: sorted by UTF-16 code units.
-/// Fails on a duplicate key (JSON objects in records never repeat one). Returns
-/// the offset in `out` where the first member whose key sorts after `mark`
-/// starts, or of the closing brace when none does.
-pub fn write_object(members: &mut [Member], out: &mut String, mark: &str) -> Result<usize, Unsupported> {
+/// Writes `members` (their value texts in `text`) as one canonical object: sorted
+/// by UTF-16 code units. Fails on a duplicate key (JSON objects in records never
+/// repeat one). Returns the offset in `out` where the first member whose key sorts
+/// after `mark` starts, or of the closing brace when none does.
+pub fn write_object(members: &mut [Member], text: &str, out: &mut String, mark: &str) -> Result<usize, Unsupported> {
     if members.iter().all(|(k, _)| k.is_ascii()) {
         // UTF-16 order is byte order for ASCII: no per-comparison scan.
         members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -71,19 +73,11 @@ pub fn write_object(members: &mut [Member], out: &mut String, mark: &str) -> Res
         }
         write_string(k, out);
         out.push(':');
-        out.push_str(v);
+        out.push_str(text.get(v.clone()).ok_or(Unsupported)?);
     }
     let end = out.len();
     out.push('}');
     Ok(at.unwrap_or(end))
-}
-
-/// Canonical text of any supported value.
-fn encode<T: Serialize + ?Sized>(v: &T) -> Result<String, Unsupported> {
-    // Sized for a quoted digest or id, so most members take one allocation.
-    let mut s = String::with_capacity(80);
-    v.serialize(Writer { out: &mut s, members: None })?;
-    Ok(s)
 }
 
 /// Writes scalars and sequences to `out`; an object either to `out` or, at the
@@ -160,19 +154,35 @@ struct Seq<'a> {
 struct Obj<'a> {
     out: &'a mut String,
     into: Option<&'a mut Vec<Member>>,
+    /// Where this object's member texts start in `out`.
+    base: usize,
     members: Vec<Member>,
     key: Option<String>,
 }
 
 impl Obj<'_> {
+    fn member(&mut self, key: Cow<'static, str>, v: &(impl Serialize + ?Sized)) -> Result<(), Unsupported> {
+        let start = self.out.len();
+        v.serialize(Writer { out: &mut *self.out, members: None })?;
+        self.members.push((key, start..self.out.len()));
+        Ok(())
+    }
+
     fn finish(self) -> Result<(), Unsupported> {
-        let Obj { out, into, mut members, .. } = self;
+        let Obj { out, into, base, mut members, .. } = self;
         match into {
             Some(list) => {
                 list.append(&mut members);
                 Ok(())
             }
-            None => write_object(&mut members, out, "").map(|_| ()),
+            None => {
+                // A nested object: its text replaces its members' texts in `out`.
+                let mut obj = String::with_capacity(out.len() - base + 2 * members.len() + 16);
+                write_object(&mut members, out, &mut obj, "")?;
+                out.truncate(base);
+                out.push_str(&obj);
+                Ok(())
+            }
         }
     }
 }
@@ -248,7 +258,8 @@ impl<'a> ser::Serializer for Writer<'a> {
         self.serialize_seq(Some(len))
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Obj<'a>, Unsupported> {
-        Ok(Obj { out: self.out, into: self.members, members: Vec::with_capacity(len.unwrap_or(8)), key: None })
+        let base = self.out.len();
+        Ok(Obj { out: self.out, into: self.members, base, members: Vec::with_capacity(len.unwrap_or(8)), key: None })
     }
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<Obj<'a>, Unsupported> {
         self.serialize_map(Some(len))
@@ -361,8 +372,7 @@ impl ser::SerializeMap for Obj<'_> {
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Unsupported> {
         let k = self.key.take().ok_or(Unsupported)?;
-        self.members.push((Cow::Owned(k), encode(v)?));
-        Ok(())
+        self.member(Cow::Owned(k), v)
     }
     fn end(self) -> Result<(), Unsupported> {
         self.finish()
@@ -373,8 +383,7 @@ impl ser::SerializeStruct for Obj<'_> {
     type Ok = ();
     type Error = Unsupported;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), Unsupported> {
-        self.members.push((Cow::Borrowed(key), encode(v)?));
-        Ok(())
+        self.member(Cow::Borrowed(key), v)
     }
     fn end(self) -> Result<(), Unsupported> {
         self.finish()
